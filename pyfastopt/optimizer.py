@@ -1,0 +1,604 @@
+"""`Optimizer`: fastai's optimizer (a chain of steppers over param groups) as a real
+`torch.optim.Optimizer`.
+
+Where things live:
+- `hypers` (an `L` of plain dicts, one per group) holds the hyper-parameters; `param_groups` is a
+  list of live views over `param_lists` and `hypers`, so torch's LR schedulers and fastai's API
+  read and write the same values.
+- `state` is keyed by the parameter tensors, as in fastai.
+- `step()` runs the stepper chain either per parameter (fastai's loop, the reference) or once per
+  *bucket* of parameters (same group, device, dtype and scalar state) when every stepper is marked
+  `@multi_tensor`: then the same stepper code runs on `TensorList`s. Buckets and their tensor lists
+  are built once and reused until the params, their grads or the groups change, or someone reads
+  `state` (which might be edited).
+"""
+import copy
+import math
+import numbers
+import operator
+import warnings
+from collections import OrderedDict, defaultdict
+from collections.abc import MutableMapping
+from functools import partial
+
+import torch
+
+from .foundation import L, even_mults, merge
+from .tensor_list import ParamBatch, TensorList
+from .validation import HYPER_BOUNDS, as_int, check_hyper
+
+__all__ = ["Optimizer", "ParamGroup", "HyperLengthError"]
+
+_KEEP_ON_CLEAR = ["force_train", "do_wd"]
+IMPLS = ("auto", "per_param", "multi_tensor")
+
+
+class HyperLengthError(ValueError, AssertionError):
+    "Raised when a hyper gets a number of values that is not the number of param groups."
+
+
+def _update(state, new=None):
+    if isinstance(new, dict):
+        state.update(new)
+
+
+def _stepper_func(cb):
+    while isinstance(cb, partial):
+        cb = cb.func
+    return cb
+
+
+def _stepper_name(cb):
+    if isinstance(cb, partial):
+        args = ", ".join(f"{k}={v!r}" for k, v in cb.keywords.items())
+        return f"{_stepper_name(cb.func)}({args})"
+    return getattr(cb, "__qualname__", None) or type(cb).__name__
+
+
+def _init_torch_base(opt, defaults):
+    """What `torch.optim.Optimizer.__init__` sets up besides params and state: the hook tables and
+    the step wrapper that runs them (and that LR schedulers look for)."""
+    torch._C._log_api_usage_once("python.optimizer")
+    opt.defaults = defaults
+    for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+                 "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+                 "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
+        setattr(opt, name, OrderedDict())
+    opt._patch_step_function()
+    opt._warned_capturable_if_run_uncaptured = True
+
+
+class ParamGroup(MutableMapping):
+    """torch's view of group `i`: `'params'` plus the group's hypers, read and written live.
+
+    It looks up `opt.hypers[i]` on every access, so it follows `hypers` even when the list or its
+    dicts are replaced (as R does when it edits `opt$hypers$items`)."""
+
+    __slots__ = ("_opt", "_i")
+
+    def __init__(self, opt, i):
+        self._opt, self._i = opt, i
+
+    def _hyper(self):
+        return self._opt.hypers[self._i]
+
+    def __getitem__(self, k):
+        if k == "params":
+            return self._opt.param_lists[self._i].items
+        return self._hyper()[k]
+
+    def __setitem__(self, k, v):
+        if k == "params":
+            self._opt._set_group_params(self._i, v)
+        else:
+            self._hyper()[k] = v
+
+    def __delitem__(self, k):
+        if k == "params":
+            raise KeyError("a param group's 'params' cannot be deleted")
+        del self._hyper()[k]
+
+    def __iter__(self):
+        yield "params"
+        yield from self._hyper()
+
+    def __len__(self):
+        return 1 + len(self._hyper())
+
+    def __repr__(self):
+        return repr(dict(self))
+
+    def __copy__(self):
+        return dict(self)
+
+    def __deepcopy__(self, memo):
+        return copy.deepcopy(dict(self), memo)
+
+
+class _BaseOptimizer(torch.optim.Optimizer):
+    "fastai's hyper-parameter and freezing API, over `param_lists`, `hypers` and `state`."
+
+    def all_params(self, n=slice(None), with_grad=False):
+        "(param, group, state, hyper) for every param (of group `n`: an int or a slice)."
+        groups = range(len(self.param_lists))
+        idx = list(groups[n]) if isinstance(n, slice) else [groups[as_int("n", n)]]
+        state = self.state
+        res = L((p, self.param_lists[i], state[p], self.hypers[i])
+                for i in idx for p in self.param_lists[i])
+        return L(o for o in res if getattr(o[0], "grad", None) is not None) if with_grad else res
+
+    def _set_require_grad(self, rg, p, pg, state, h):
+        p.requires_grad_(rg or state.get("force_train", False))
+
+    def freeze_to(self, n):
+        "Freeze the groups before `n` (params with `force_train` in their state stay trainable)."
+        n = as_int("n", n)
+        G = len(self.param_lists)
+        self.frozen_idx = n if n >= 0 else G + n
+        if self.frozen_idx >= G:
+            warnings.warn(f"Freezing {self.frozen_idx} groups; model has {G}; whole model is frozen.")
+        for o in self.all_params(slice(n, None)):
+            self._set_require_grad(True, *o)
+        for o in self.all_params(slice(None, n)):
+            self._set_require_grad(False, *o)
+
+    def freeze(self):
+        if len(self.param_lists) <= 1:
+            raise HyperLengthError("freeze() needs more than one parameter group; "
+                                   f"this optimizer has {len(self.param_lists)}")
+        self.freeze_to(-1)
+
+    def unfreeze(self):
+        self.freeze_to(0)
+
+    def set_hypers(self, **kwargs):
+        "Set several hypers; all values are checked before any is set."
+        values = {k: self._spread(k, v) for k, v in kwargs.items()}
+        for k, v in values.items():
+            self._set_hyper(k, v)
+
+    def set_hyper(self, k, v):
+        "Set hyper `k` to `v`: one value, one per group, or a slice (discriminative rates)."
+        self._set_hyper(k, self._spread(k, v))
+
+    def _hyper_bounds(self, k):
+        return HYPER_BOUNDS.get(k)
+
+    def _spread(self, k, v):
+        "fastai's rules for turning `v` into one value per param group, then checked."
+        n = len(self.param_lists)
+        if isinstance(v, slice):
+            if v.start:
+                v = even_mults(v.start, v.stop, n)
+            else:
+                v = [v.stop / 10] * (n - 1) + [v.stop]
+        if (isinstance(v, torch.Tensor) or hasattr(v, "__array__")) and getattr(v, "ndim", 1) == 0:
+            raise TypeError(f"{k} got a 0-d {type(v).__name__} ({v!r}): pass a Python number, "
+                            "or a list with one value per parameter group")
+        v = L(v, use_list=None)
+        if len(v) == 1:
+            v = v * n
+        if len(v) != n:
+            raise HyperLengthError(
+                f"Trying to set {len(v)} values for {k} but there are {n} parameter groups.")
+        values = list(v)
+        bounds = self._hyper_bounds(k)
+        for x in values:
+            check_hyper(k, x, bounds)
+        return values
+
+    def _set_hyper(self, k, values):
+        for h, x in zip(self.hypers, values):
+            h[k] = x
+
+    @property
+    def param_groups(self):
+        "torch's param groups: live views, one per group, with 'params' and the group's hypers."
+        if len(self._group_views) != len(self.param_lists):
+            self._group_views = [ParamGroup(self, i) for i in range(len(self.param_lists))]
+        return self._group_views
+
+    @param_groups.setter
+    def param_groups(self, groups):
+        groups = [dict(g) for g in groups]
+        for i, g in enumerate(groups):
+            if "params" in g:
+                self._set_group_params(i, g.pop("params"))
+            self.hypers[i].update(g)
+
+
+class Optimizer(_BaseOptimizer):
+    """fastai's `Optimizer(params, cbs, **defaults)`: runs the steppers `cbs` on every param
+    with a gradient, with the hypers of its group; a `torch.optim.Optimizer` too.
+
+    `impl` chooses how `step()` runs: "per_param" (fastai's loop), "multi_tensor" (each stepper
+    once per bucket of params), or "auto" (multi_tensor when every stepper supports it)."""
+
+    def __init__(self, params, cbs, **defaults):
+        if "train_bn" in defaults:
+            defaults.pop("train_bn")
+            warnings.warn("Setting `train_bn` in `Optimizer` has no effect. Set `train_bn` on "
+                          "`Learner` init instead")
+        params = L(params)
+        if len(params) == 0:
+            raise ValueError("params must hold at least one tensor, got an empty list")
+        cbs = L(cbs)
+        for cb in cbs:
+            if not callable(cb):
+                raise TypeError(f"cbs must be callables (steppers), got {type(cb).__name__} {cb!r}")
+        param_lists = L(L(p) for p in params) if isinstance(params[0], (L, list)) else L([params])
+        _check_params(param_lists)
+        self.cbs = cbs
+        defaults = merge(*cbs.attrgot("defaults"), defaults)
+        self.param_lists = param_lists
+        self.hypers = L({} for _ in param_lists)
+        self._group_views = []
+        self._state = defaultdict(dict)
+        self._plan = None
+        self.impl = "auto"
+        self.frozen_idx = 0
+        self._values_checked = {k: self._spread(k, v) for k, v in defaults.items()}
+        _init_torch_base(self, dict(defaults))
+        for k, v in self._values_checked.items():
+            self._set_hyper(k, v)
+        del self._values_checked
+
+    # ---- fastai attributes with checks ---------------------------------------------------------
+    @property
+    def hypers(self):
+        return self._hypers
+
+    @hypers.setter
+    def hypers(self, value):
+        value = L(value)
+        if hasattr(self, "_hypers") and len(value) != len(self.param_lists):
+            raise HyperLengthError(f"hypers needs one dict per parameter group "
+                                   f"({len(self.param_lists)}), got {len(value)}")
+        for h in value:
+            if not isinstance(h, dict):
+                raise TypeError(f"hypers must hold dicts, got {type(h).__name__}")
+        self._hypers = value
+
+    @property
+    def state(self):
+        "Each param's state dict, keyed by the param tensor."
+        self._invalidate_plan()       # the caller may edit it: rebuild buckets before next step
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        self._plan = None
+        self._state = value if isinstance(value, defaultdict) else defaultdict(dict, value)
+
+    @property
+    def impl(self):
+        return self._impl
+
+    @impl.setter
+    def impl(self, value):
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
+        if getattr(self, "_plan", None) is not None:
+            self._invalidate_plan()
+        self._impl = value
+
+    def _hyper_bounds(self, k):
+        for cb in self.cbs:
+            b = getattr(_stepper_func(cb), "hyper_bounds", {}).get(k)
+            if b is not None:
+                return b
+        return HYPER_BOUNDS.get(k)
+
+    # ---- groups --------------------------------------------------------------------------------
+    def add_param_group(self, param_group):
+        "Add a group: `{'params': [...], **hypers}`; hypers not given come from `defaults`."
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' key")
+        params = param_group["params"]
+        params = L([params] if isinstance(params, torch.Tensor) else list(params))
+        _check_params(L([*self.param_lists, params]))
+        hyper = {k: param_group.get(k, v) for k, v in self.defaults.items()}
+        hyper.update({k: v for k, v in param_group.items() if k != "params"})
+        for k, v in hyper.items():
+            check_hyper(k, v, self._hyper_bounds(k))
+        self._invalidate_plan()
+        self.param_lists.append(params)
+        self.hypers.append(hyper)
+
+    def _set_group_params(self, i, params):
+        params = L([params] if isinstance(params, torch.Tensor) else list(params))
+        _check_params(L([*(pl for j, pl in enumerate(self.param_lists) if j != i), params]))
+        self._invalidate_plan()
+        self.param_lists[i] = params
+
+    # ---- the step ------------------------------------------------------------------------------
+    def _uses_multi_tensor(self):
+        if self._impl == "per_param":
+            return False
+        ok = all(getattr(_stepper_func(cb), "multi_tensor", False) for cb in self.cbs)
+        if self._impl == "multi_tensor" and not ok:
+            bad = [_stepper_name(cb) for cb in self.cbs
+                   if not getattr(_stepper_func(cb), "multi_tensor", False)]
+            raise ValueError(f"impl='multi_tensor' needs steppers marked @multi_tensor; not: {bad}")
+        return ok
+
+    @torch.no_grad()
+    def _step(self):
+        if self._uses_multi_tensor():
+            self._step_buckets()
+        else:
+            self._invalidate_plan()
+            self._step_per_param()
+
+    def step(self, closure=None):
+        "Run the steppers once. With a `closure`, it is evaluated first (grad enabled) and its loss returned."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step()
+        return loss
+
+    def _step_per_param(self):
+        "fastai's loop: every stepper for every param with a grad, with `{**state, **hyper}`."
+        _check_grads(p for pl in self.param_lists for p in pl)
+        for pl, hyper in zip(self.param_lists, self.hypers):
+            for p in pl:
+                if getattr(p, "grad", None) is None:
+                    continue
+                state = self._state[p]
+                for cb in self.cbs:
+                    _update(state, cb(p, **{**state, **hyper}))
+                self._state[p] = state
+
+    def _step_buckets(self):
+        plan = self._plan
+        if plan is None or not self._plan_matches():
+            self._invalidate_plan()
+            plan = self._plan = self._build_plan()
+        cbs, hypers = self.cbs, self.hypers
+        for b in plan.buckets:
+            hyper = hypers[b.group]
+            batch, state = b.batch, b.state
+            for cb in cbs:
+                res = cb(batch, **{**state, **hyper})
+                if isinstance(res, dict):
+                    state.update(res)
+
+    def _plan_matches(self):
+        "Do the params, their grads and the groups still match what the buckets were built from?"
+        plan, lists = self._plan, self.param_lists
+        if len(lists) != len(plan.params):
+            return False
+        get_grad, is_ = operator.attrgetter("grad"), operator.is_
+        for pl, params, grads in zip(lists, plan.params, plan.grads):
+            items = pl.items
+            if len(items) != len(params) or not all(map(is_, items, params)) \
+                    or not all(map(is_, map(get_grad, items), grads)):
+                return False
+        return True
+
+    def _build_plan(self):
+        _check_grads(p for pl in self.param_lists for p in pl)
+        plan = _Plan()
+        for gi, pl in enumerate(self.param_lists):
+            items = list(pl.items)
+            plan.params.append(items)
+            plan.grads.append([getattr(p, "grad", None) for p in items])
+            buckets = {}
+            for p in items:
+                if p.grad is None:
+                    continue
+                st = self._state[p]
+                buckets.setdefault((p.device, p.dtype, _signature(st)), []).append(p)
+            for ps in buckets.values():
+                plan.buckets.append(_Bucket(gi, ps, [self._state[p] for p in ps]))
+        return plan
+
+    def _invalidate_plan(self):
+        "Write the buckets' state back into each param's state dict, then drop the buckets."
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return
+        for b in plan.buckets:
+            b.write_back(self._state)
+
+    # ---- grads and state -----------------------------------------------------------------------
+    def zero_grad(self, set_to_none=False):
+        "Zero the grads in place (fastai's behaviour), or set them to None."
+        grads = defaultdict(list)
+        for pl in self.param_lists:
+            for p in pl:
+                g = getattr(p, "grad", None)
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+                grads[(g.device, g.dtype, g.is_sparse)].append(g)
+        for (_, _, sparse), gs in grads.items():
+            if sparse:
+                for g in gs:
+                    g.zero_()
+            else:
+                torch._foreach_zero_(gs)
+
+    def clear_state(self):
+        "Reset the state of every param, keeping only `force_train` and `do_wd`."
+        self._invalidate_plan()
+        for pl in self.param_lists:
+            for p in pl:
+                old = self._state[p]
+                self._state[p] = {k: old[k] for k in _KEEP_ON_CLEAR if k in old}
+
+    def kind(self):
+        "What makes two optimizers' states interchangeable: the names of the steppers."
+        return [_stepper_name(cb) for cb in self.cbs]
+
+    def state_dict(self):
+        """`{'state': {i: state of param i}, 'hypers': [...], 'param_groups': [...], 'kind': [...]}`,
+        params numbered in group order. Plain containers only, so `torch.load` with
+        `weights_only=True` reads it back."""
+        self._invalidate_plan()
+        ps = [p for pl in self.param_lists for p in pl]
+        state = {i: _plain(self._state[p]) for i, p in enumerate(ps)}
+        hypers = [_plain(h) for h in self.hypers]
+        groups, start = [], 0
+        for pl, h in zip(self.param_lists, hypers):
+            groups.append({**h, "params": list(range(start, start + len(pl)))})
+            start += len(pl)
+        return {"state": state, "hypers": hypers, "param_groups": groups, "kind": self.kind()}
+
+    def load_state_dict(self, state_dict):
+        "Load a `state_dict()`; everything is checked before anything changes."
+        hypers, states = self._checked_state(state_dict)
+        self._plan = None
+        self.hypers = L([dict(h) for h in hypers])
+        ps = [p for pl in self.param_lists for p in pl]
+        new_state = defaultdict(dict)
+        for p, st in zip(ps, states):
+            new_state[p] = {k: _to_param(v, p, k) for k, v in st.items()}
+        self._state = new_state
+
+    def _checked_state(self, sd):
+        if not isinstance(sd, dict) or "state" not in sd:
+            raise ValueError("state_dict must be a dict with a 'state' entry "
+                             "(as returned by state_dict())")
+        kind = sd.get("kind")
+        if kind is not None and list(kind) != self.kind():
+            raise ValueError(f"state_dict is from a different optimizer: its steppers are {list(kind)}, "
+                             f"this optimizer's are {self.kind()}")
+        if "hypers" in sd:
+            hypers = list(sd["hypers"])
+        elif "param_groups" in sd:
+            hypers = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+        else:
+            raise ValueError("state_dict has neither 'hypers' nor 'param_groups'")
+        if len(hypers) != len(self.param_lists):
+            raise ValueError(f"state_dict has {len(hypers)} parameter groups, this optimizer has "
+                             f"{len(self.param_lists)}")
+        sizes = [len(pl) for pl in self.param_lists]
+        if "param_groups" in sd:
+            theirs = [len(g["params"]) for g in sd["param_groups"]]
+            if theirs != sizes:
+                raise ValueError(f"state_dict's groups have {theirs} params, this optimizer's "
+                                 f"have {sizes}")
+        ps = [p for pl in self.param_lists for p in pl]
+        st = sd["state"]
+        if isinstance(st, dict):
+            if any(not isinstance(i, int) or not 0 <= i < len(ps) for i in st):
+                raise ValueError(f"state_dict's state is keyed by param indices 0..{len(ps) - 1}, "
+                                 f"got keys {sorted(st, key=repr)[:5]}")
+            states = [st.get(i, {}) for i in range(len(ps))]
+        else:
+            states = list(st)
+            if len(states) != len(ps):
+                raise ValueError(f"state_dict has state for {len(states)} params, this optimizer "
+                                 f"has {len(ps)}")
+        for i, (p, s) in enumerate(zip(ps, states)):
+            if not isinstance(s, dict):
+                raise ValueError(f"state of param {i} must be a dict, got {type(s).__name__}")
+            for k, v in s.items():
+                if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
+                    raise ValueError(f"state '{k}' of param {i} has shape {tuple(v.shape)}, "
+                                     f"the param has shape {tuple(p.shape)}")
+        for h in hypers:
+            if not isinstance(h, dict):
+                raise ValueError(f"hypers must be dicts, got {type(h).__name__}")
+        return hypers, states
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({len(self.param_lists)} group(s), "
+                f"{sum(len(pl) for pl in self.param_lists)} params, hypers={self.hypers!r})")
+
+    def __getstate__(self):
+        self._invalidate_plan()
+        d = self.__dict__.copy()
+        d["_plan"] = None
+        return d
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class _Plan:
+    "The buckets of one step, and the params and grads they were built from."
+    __slots__ = ("params", "grads", "buckets")
+
+    def __init__(self):
+        self.params, self.grads, self.buckets = [], [], []
+
+
+class _Bucket:
+    """Params of one group that share device, dtype and scalar state, stepped together.
+
+    `state` holds, per key, either a TensorList (one value per param) or one value for all."""
+    __slots__ = ("group", "params", "batch", "state")
+
+    def __init__(self, group, params, states):
+        self.group, self.params = group, params
+        self.batch = ParamBatch(params, [p.grad for p in params])
+        first = states[0]
+        self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor) else v)
+                      for k, v in first.items()}
+
+    def write_back(self, states):
+        for i, p in enumerate(self.params):
+            st = states[p]
+            for k, v in self.state.items():
+                st[k] = v[i] if isinstance(v, TensorList) else v
+
+
+def _signature(state):
+    "Params may share a bucket when their states hold the same keys and equal non-tensor values."
+    sig = []
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            sig.append((k, "tensor"))
+        else:
+            try:
+                hash(v)
+                sig.append((k, type(v), v))
+            except TypeError:
+                sig.append((k, "id", id(v)))
+    return tuple(sig)
+
+
+def _check_params(param_lists):
+    seen = set()
+    for pl in param_lists:
+        for p in pl:
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"params must be tensors, got {type(p).__name__} {p!r}")
+            if id(p) in seen:
+                raise ValueError("params holds the same tensor more than once "
+                                 f"(shape {tuple(p.shape)}): each param may appear only once")
+            seen.add(id(p))
+
+
+def _check_grads(params):
+    for p in params:
+        g = getattr(p, "grad", None)
+        if g is not None and g.is_sparse:
+            raise ValueError(f"sparse gradients are not supported (param of shape {tuple(p.shape)} "
+                             "has a sparse grad); use a dense gradient")
+
+
+def _plain(d):
+    "A plain dict copy (tensors shared), so torch.save/torch.load(weights_only=True) work."
+    return {k: (list(v) if isinstance(v, L) else v) for k, v in d.items()}
+
+
+def _to_param(v, p, key):
+    "Loaded state goes to the param's device; floating tensors (not 0-d counters) to its dtype."
+    if not isinstance(v, torch.Tensor):
+        return v
+    if v.is_floating_point() and v.ndim > 0:
+        return v.to(device=p.device, dtype=p.dtype)
+    return v.to(device=p.device)

@@ -1,0 +1,232 @@
+"""`TensorList`: a list of tensors that answers the tensor methods a stepper uses with one
+`torch._foreach_*` call for the whole list.
+
+This is what lets every stepper's math be written once: `p.data.add_(p.grad, alpha=-lr)` updates
+one tensor when `p` is a parameter, and every parameter of a bucket when `p` is a `ParamBatch`
+(whose `.data` and `.grad` are TensorLists). The module-level helpers (`zeros_like`, `norm`,
+`rms`, `softplus`, `clip_lr`, `trust_ratio`) do the same for the few operations that are
+functions rather than methods.
+"""
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TensorList", "ParamBatch", "zeros_like", "norm", "rms", "softplus", "clip_lr",
+           "trust_ratio"]
+
+
+def _per_tensor(other, like):
+    "A per-tensor operand list for a foreach call: all numbers, or all tensors."
+    items = list(other)
+    if all(isinstance(o, numbers.Number) for o in items):
+        return items
+    return [o if isinstance(o, torch.Tensor) else torch.tensor(o, dtype=t.dtype, device=t.device)
+            for o, t in zip(items, like)]
+
+
+class TensorList(list):
+    """A list of tensors (or, for per-tensor scalars, of numbers) with tensor-like methods.
+
+    The other operand of a binary method may be a number (applied to every tensor), a list of the
+    same length (element-wise), or a TensorList.
+    """
+
+    @property
+    def data(self):
+        return self
+
+    def _op(self, name, other=None, **kw):
+        f = getattr(torch, f"_foreach_{name}")
+        if other is None:
+            res = f(self, **kw)
+        elif isinstance(other, list):
+            res = f(self, _per_tensor(other, self), **kw)
+        else:
+            res = f(self, other, **kw)
+        return self if res is None else TensorList(res)
+
+    # in-place methods
+    def add_(self, other, alpha=None):
+        if alpha is None or not isinstance(other, list):
+            if alpha is not None:
+                other = other * alpha
+            return self._op("add_", other)
+        return self._op("add_", other, alpha=alpha)
+
+    def sub_(self, other):
+        return self._op("sub_", other)
+
+    def mul_(self, other):
+        return self._op("mul_", other)
+
+    def div_(self, other):
+        return self._op("div_", other)
+
+    def addcmul_(self, t1, t2, value=1):
+        return self._op_3("addcmul_", t1, t2, value)
+
+    def addcdiv_(self, t1, t2, value=1):
+        return self._op_3("addcdiv_", t1, t2, value)
+
+    def _op_3(self, name, t1, t2, value):
+        f = getattr(torch, f"_foreach_{name}")
+        if isinstance(value, list):
+            f(self, t1, t2, _per_tensor(value, self) if not all(
+                isinstance(v, numbers.Number) for v in value) else value)
+        else:
+            f(self, t1, t2, value=value)
+        return self
+
+    def lerp_(self, end, weight):
+        return self._op("lerp_", end, weight=weight)
+
+    def sqrt_(self):
+        return self._op("sqrt_")
+
+    def zero_(self):
+        torch._foreach_zero_(self)
+        return self
+
+    def copy_(self, src):
+        torch._foreach_copy_(self, src)
+        return self
+
+    def clamp_(self, min=None, max=None):
+        if min is not None:
+            self._op("clamp_min_", min)
+        if max is not None:
+            self._op("clamp_max_", max)
+        return self
+
+    # out-of-place methods
+    def add(self, other, alpha=None):
+        if alpha is None or not isinstance(other, list):
+            if alpha is not None:
+                other = other * alpha
+            return self._op("add", other)
+        return self._op("add", other, alpha=alpha)
+
+    def mul(self, other):
+        return self._op("mul", other)
+
+    def div(self, other):
+        return self._op("div", other)
+
+    def sqrt(self):
+        return self._op("sqrt")
+
+    def pow(self, exponent):
+        return self._op("pow", exponent)
+
+    def neg(self):
+        return self._op("neg")
+
+    def clone(self):
+        return TensorList(t.clone() for t in self)
+
+    def detach(self):
+        return TensorList(t.detach() for t in self)
+
+    def norm(self):
+        return TensorList(torch._foreach_norm(self))
+
+    def numel(self):
+        return [t.numel() for t in self]
+
+    __add__ = add
+    __radd__ = add
+    __mul__ = mul
+    __rmul__ = mul
+    __truediv__ = div
+    __neg__ = neg
+    __pow__ = pow
+
+    def __sub__(self, other):
+        return self._op("sub", other)
+
+    def __rsub__(self, other):
+        return self.neg().add_(other)
+
+    def __iadd__(self, other):
+        return self.add_(other)
+
+    def __imul__(self, other):
+        return self.mul_(other)
+
+    def __repr__(self):
+        return f"TensorList({list.__repr__(self)})"
+
+
+class ParamBatch:
+    """The stand-in for one parameter when a stepper runs on a whole bucket: `.data` is the
+    TensorList of the bucket's parameters and `.grad` that of their gradients."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, params, grads):
+        self.data = TensorList(params)
+        self.grad = TensorList(grads)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        return f"ParamBatch({len(self.data)} tensors)"
+
+
+def zeros_like(x):
+    "A zero tensor like `x`, or a TensorList of them."
+    if isinstance(x, list):
+        return TensorList(torch.zeros_like(t, memory_format=torch.preserve_format) for t in x)
+    return torch.zeros_like(x, memory_format=torch.preserve_format)
+
+
+def norm(x):
+    "The L2 norm of a tensor (0-d), or the TensorList of the norms of each tensor."
+    return x.norm() if isinstance(x, TensorList) else torch.norm(x)
+
+
+def rms(x):
+    "Root mean square of a tensor, or of each tensor of a TensorList."
+    if isinstance(x, TensorList):
+        return TensorList(torch._foreach_div(torch._foreach_norm(x),
+                                             [math.sqrt(t.numel()) for t in x]))
+    return x.pow(2).mean().sqrt()
+
+
+def softplus(x, beta):
+    "`F.softplus(x, beta)` on a tensor or on each tensor of a TensorList."
+    if isinstance(x, TensorList):
+        return TensorList(F.softplus(t, beta) for t in x)
+    return F.softplus(x, beta)
+
+
+def _clip_one(lr, local_lr):
+    if local_lr.device.type == "cpu":
+        # fastai returns Python's `min(lr, local_lr)`: the tensor only when strictly smaller,
+        # otherwise `lr` itself (the R page prints `[1] 0.1`). On CPU reading it costs nothing.
+        return min(lr, local_lr)
+    # On an accelerator a Python comparison would be a host sync: clamp on the device instead.
+    return torch.clamp(local_lr, max=lr) if isinstance(lr, numbers.Number) \
+        else torch.minimum(local_lr, lr)
+
+
+def clip_lr(lr, local_lr):
+    "`min(lr, local_lr)` per tensor (see `_clip_one` for the device rule)."
+    if isinstance(local_lr, list):
+        return TensorList(_clip_one(lr, t) for t in local_lr)
+    return _clip_one(lr, local_lr)
+
+
+def _trust_one(r1, r2, cap):
+    q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=cap))
+    return q
+
+
+def trust_ratio(r1, r2, cap=10):
+    "LAMB's `1 if r1 == 0 or r2 == 0 else min(r1/r2, cap)`, computed on the device (no sync)."
+    if isinstance(r1, list):
+        return TensorList(_trust_one(a, b, cap) for a, b in zip(r1, r2))
+    return _trust_one(r1, r2, cap)

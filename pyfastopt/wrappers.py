@@ -1,0 +1,248 @@
+"""Optimizers that wrap another one: fastai's `Lookahead` and `OptimWrapper` (spec §4.1, §4.2)."""
+from collections import defaultdict
+
+import torch
+
+from .foundation import L, is_listy, range_of
+from .optimizer import HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base
+from .validation import as_int, check_hyper
+
+__all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
+
+
+def _forward(name, doc):
+    "A property that reads and writes attribute `name` of the wrapped `self.opt`."
+    return property(lambda self: getattr(self.opt, name),
+                    lambda self, v: setattr(self.opt, name, v), doc=doc)
+
+
+def _by_device_and_dtype(*lists):
+    "Split parallel tensor lists into (device, dtype) buckets, as one foreach call needs."
+    out = defaultdict(lambda: tuple([] for _ in lists))
+    for items in zip(*lists):
+        bucket = out[(items[0].device, items[0].dtype)]
+        for acc, t in zip(bucket, items):
+            acc.append(t)
+    return out.values()
+
+
+class Lookahead(Optimizer):
+    """Wrap `opt`: every `k` steps, move the slow weights `alpha` of the way towards the fast
+    ones, then reset the fast weights to them. Everything else is `opt`'s."""
+
+    def __init__(self, opt, k=6, alpha=0.5):
+        if not isinstance(opt, _BaseOptimizer):
+            raise TypeError(f"opt must be a pyfastopt optimizer, got {type(opt).__name__}")
+        k = as_int("k", k)
+        if k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k}")
+        check_hyper("alpha", alpha, (0.0, 1.0, True))
+        self.__dict__["opt"] = opt
+        self.k, self.alpha = k, alpha
+        self.count, self.slow_weights = 0, None
+        _init_torch_base(self, opt.defaults)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or "opt" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["opt"], name)
+
+    hypers = _forward("hypers", "The wrapped optimizer's hypers.")
+    state = _forward("state", "The wrapped optimizer's state.")
+    param_lists = _forward("param_lists", "The wrapped optimizer's param groups (lists).")
+    param_groups = _forward("param_groups", "The wrapped optimizer's param groups (torch view).")
+    impl = _forward("impl", "How the wrapped optimizer steps.")
+    cbs = _forward("cbs", "The wrapped optimizer's steppers.")
+    defaults = _forward("defaults", "The wrapped optimizer's defaults.")
+
+    def _hyper_bounds(self, k):
+        return self.opt._hyper_bounds(k)
+
+    def add_param_group(self, param_group):
+        self.opt.add_param_group(param_group)
+        if self.slow_weights is not None:
+            self.slow_weights.append(L(p.clone().detach() for p in self.opt.param_lists[-1]))
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.slow_weights is None:
+            self._init_slow_weights()
+        self.opt.step()
+        self.count += 1
+        if self.count % self.k == 0:
+            self._sync_slow_weights()
+        return loss
+
+    def _init_slow_weights(self):
+        self.slow_weights = L(L(p.clone().detach() for p in pl) for pl in self.opt.param_lists)
+
+    @torch.no_grad()
+    def _sync_slow_weights(self):
+        slow = [s for sl in self.slow_weights for s in sl]
+        fast = [p for pl in self.opt.param_lists for p in pl]
+        for s, f in _by_device_and_dtype(slow, fast):
+            # fastai's slow += alpha * (fast - slow); fast = slow, one foreach call each
+            torch._foreach_add_(s, torch._foreach_sub(f, s), alpha=self.alpha)
+            torch._foreach_copy_(f, s)
+
+    def clear_state(self):
+        self.opt.clear_state()
+        self.count, self.slow_weights = 0, None
+
+    def zero_grad(self, set_to_none=False):
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def kind(self):
+        return ["Lookahead", *self.opt.kind()]
+
+    def state_dict(self):
+        sd = self.opt.state_dict()
+        sd["kind"] = self.kind()
+        sd["count"] = self.count
+        sd["slow_weights"] = None if self.slow_weights is None else \
+            [list(sl) for sl in self.slow_weights]
+        return sd
+
+    def load_state_dict(self, state_dict):
+        if not isinstance(state_dict, dict):
+            raise ValueError("state_dict must be a dict (as returned by state_dict())")
+        sd = dict(state_dict)                      # never change the caller's dict
+        kind = sd.pop("kind", None)
+        if kind is not None and list(kind) != self.kind():
+            raise ValueError(f"state_dict is from a different optimizer: its steppers are "
+                             f"{list(kind)}, this optimizer's are {self.kind()}")
+        count = as_int("count", sd.pop("count", 0))
+        slow = sd.pop("slow_weights", None)
+        if slow is not None:
+            shapes = [[tuple(p.shape) for p in pl] for pl in self.opt.param_lists]
+            theirs = [[tuple(t.shape) for t in sl] for sl in slow]
+            if shapes != theirs:
+                raise ValueError(f"state_dict's slow weights have shapes {theirs}, the params "
+                                 f"have {shapes}")
+        if kind is not None:
+            sd["kind"] = self.opt.kind()
+        self.opt._checked_state(sd)
+        self.opt.load_state_dict(sd)
+        self.count = count
+        self.slow_weights = None if slow is None else L(
+            L(t.detach().to(device=p.device, dtype=p.dtype).clone() for t, p in zip(sl, pl))
+            for sl, pl in zip(slow, self.opt.param_lists))
+
+    def __repr__(self):
+        return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"
+
+
+pytorch_hp_map = {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",
+                  "betas__0": "mom", "betas__1": "sqr_mom"}
+
+
+def detuplify_pg(d):
+    "A param group's hypers, with tuple/list values spread as `key__0`, `key__1`, ..."
+    res = {}
+    for k, v in d.items():
+        if k == "params":
+            continue
+        if is_listy(v):
+            res.update(**{f"{k}__{i}": v_ for i, v_ in enumerate(v)})
+        else:
+            res[k] = v
+    return res
+
+
+def set_item_pg(pg, k, v):
+    "Set `pg[k]` to `v`, where `k` may name an item of a tuple (`betas__0`)."
+    if "__" not in k:
+        pg[k] = v
+    else:
+        name, idx = k.split("__")
+        pg[name] = tuple(v if i == int(idx) else pg[name][i] for i in range_of(pg[name]))
+    return pg
+
+
+def _convert_params(o):
+    return [g if isinstance(g, dict) else {"params": g} for g in o]
+
+
+class OptimWrapper(_BaseOptimizer):
+    """Give a torch optimizer fastai's API (hypers with fastai's names, `set_hyper`, freezing).
+
+    `OptimWrapper(params, torch.optim.SGD, lr=...)` builds one; `OptimWrapper(opt=built)` wraps
+    one. `step`, `zero_grad`, `state_dict` and `load_state_dict` are the torch optimizer's."""
+
+    def __init__(self, params=None, opt=None, hp_map=None, convert_groups=True, **kwargs):
+        if params is None and opt is None:
+            raise ValueError("Both `params` and `opt` cannot be None.")
+        if callable(opt) and not isinstance(opt, torch.optim.Optimizer):
+            if convert_groups:
+                params = L(params)
+                convert_groups = isinstance(params[0], (L, list))
+            opt = opt(_convert_params(params), **kwargs) if convert_groups else opt(params, **kwargs)
+        else:
+            if params is not None:
+                raise ValueError("Tried using both `params` and a built optimizer. Just pass in `opt`.")
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"opt must be a torch optimizer or its class, got {type(opt).__name__}")
+        self.__dict__["opt"] = opt
+        hp_map = pytorch_hp_map if hp_map is None else hp_map
+        self.fwd_map = {k: hp_map.get(k, k) for k in detuplify_pg(opt.param_groups[0]).keys()}
+        self.bwd_map = {v: k for k, v in self.fwd_map.items()}
+        self.state = defaultdict(dict)
+        self.frozen_idx = 0
+        _init_torch_base(self, opt.defaults)
+
+    defaults = _forward("defaults", "The torch optimizer's defaults.")
+    param_groups = _forward("param_groups", "The torch optimizer's param groups.")
+
+    def __getattr__(self, name):
+        if name.startswith("_") or "opt" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["opt"], name)
+
+    def step(self, closure=None):
+        return self.opt.step(closure)
+
+    def zero_grad(self, set_to_none=True):
+        return self.opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.opt.state_dict()
+
+    def load_state_dict(self, state_dict):
+        return self.opt.load_state_dict(state_dict)
+
+    def add_param_group(self, param_group):
+        return self.opt.add_param_group(param_group)
+
+    @property
+    def hypers(self):
+        "The torch groups' hypers under fastai's names, computed afresh on every access."
+        return [{self.fwd_map.get(k, k): v for k, v in detuplify_pg(pg).items()}
+                for pg in self.opt.param_groups]
+
+    def _set_hyper(self, k, values):
+        if k not in self.bwd_map:
+            raise KeyError(f"{k!r} is not a hyper of {type(self.opt).__name__}; its hypers are "
+                           f"{list(self.bwd_map)}")
+        for pg, v in zip(self.opt.param_groups, values):
+            set_item_pg(pg, self.bwd_map[k], v)
+
+    def clear_state(self):
+        self.opt.state = defaultdict(dict)
+
+    @property
+    def param_lists(self):
+        return L(pg["params"] for pg in self.opt.param_groups)
+
+    @param_lists.setter
+    def param_lists(self, v):
+        if len(v) != len(self.opt.param_groups):
+            raise HyperLengthError(f"param_lists needs {len(self.opt.param_groups)} groups, "
+                                   f"got {len(v)}")
+        for pg, v_ in zip(self.opt.param_groups, v):
+            pg["params"] = v_
+
+    def __repr__(self):
+        return f"OptimWrapper({self.opt!r})"
