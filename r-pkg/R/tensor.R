@@ -1,0 +1,240 @@
+#' Make a torch tensor
+#'
+#' fastai's `tensor()`: numbers, vectors, lists, matrices and arrays become a
+#' torch tensor; doubles become `float32` (as in fastai, float64 turns into
+#' float). A length-1 R vector gives a 0-d tensor, a longer one a 1-d tensor,
+#' an R integer vector (`1:3`) an `int64` tensor. Matrices and arrays keep their
+#' shape (row-major, as R prints them). Several arguments are stacked, as in
+#' Python's `tensor(1, 2, 3)`.
+#'
+#' @param x Data: a number, a numeric or logical vector, a matrix or array, a
+#'   list of numbers or of tensors, or a tensor (returned as is).
+#' @param ... More values (stacked with `x`), or named arguments for Python
+#'   such as `dtype = torch$float64`.
+#' @return A Python `torch.Tensor`.
+#' @export
+#' @examples
+#' if (pyfastopt_available()) {
+#'   tensor(1.)
+#'   tensor(c(1, 2, 3))
+#'   tensor(matrix(1:6, 2))
+#' }
+tensor <- function(x, ...) {
+  if (missing(x) || is.null(x)) .arg_error("x", "numbers, a list, a matrix or a tensor", if (missing(x)) NULL else x)
+  if (!(is.numeric(x) || is.logical(x) || is.list(x) || is.data.frame(x) ||
+        inherits(x, "python.builtin.object"))) {
+    .arg_error("x", "numbers, a list, a matrix or a tensor", x)
+  }
+  dots <- list(...)
+  unnamed <- if (is.null(names(dots))) rep(TRUE, length(dots)) else names(dots) == ""
+  dots[unnamed] <- lapply(dots[unnamed], .to_nested)
+  .call_py("tensor()", .pyfn("pyfastopt", "tensor"), c(list(.to_nested(x)), dots))
+}
+
+#' Convert a tensor to float32
+#'
+#' `float(t)` is `t$float()`.
+#'
+#' @param tensor A torch tensor, or numbers (made into a tensor first).
+#' @return A `float32` torch tensor.
+#' @export
+#' @examples
+#' if (pyfastopt_available()) float(tensor(1:3))
+float <- function(tensor) {
+  if (!.is_tensor(tensor)) {
+    if (is.numeric(tensor) || is.logical(tensor)) tensor <- pyfastopt::tensor(tensor)
+    else .arg_error("tensor", "a torch tensor", tensor)
+  }
+  tensor$float()
+}
+
+#' A test parameter
+#'
+#' A `float32` tensor holding `val` (a number gives a 0-d tensor), whose `grad`
+#' is `grad`, or `val / 10` when `grad` is `NULL`. Handy to try steppers and
+#' optimizers on.
+#'
+#' @param val The value: a number, a vector, a matrix or a list.
+#' @param grad The gradient, shaped like `val`; `NULL` for `val / 10`.
+#' @return A torch tensor with `$grad` set.
+#' @export
+#' @examples
+#' if (pyfastopt_available()) {
+#'   p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
+#'   p$grad
+#' }
+tst_param <- function(val, grad = NULL) {
+  if (missing(val) || !(is.numeric(val) || is.list(val) || .is_tensor(val)))
+    .arg_error("val", "numbers or a tensor", if (missing(val)) NULL else val)
+  if (!is.null(grad) && !(is.numeric(grad) || is.list(grad) || .is_tensor(grad)))
+    .arg_error("grad", "numbers, a tensor or NULL", grad)
+  args <- list(.to_nested(val))
+  if (!is.null(grad)) args$grad <- .to_nested(grad)
+  .call_py("tst_param()", .pyfn("pyfastopt", "tst_param"), args)
+}
+
+# ---- arithmetic and comparison on tensors -------------------------------------
+
+.op_names <- c(
+  "+" = "add", "-" = "sub", "*" = "mul", "/" = "truediv", "^" = "pow",
+  "%%" = "mod", "%/%" = "floordiv", "==" = "eq", "!=" = "ne", "<" = "lt",
+  "<=" = "le", ">" = "gt", ">=" = "ge", "&" = "and_", "|" = "or_"
+)
+
+# R operand for a Python operator: tensors pass through, a number stays a
+# Python scalar (so torch's scalar type promotion applies, exactly as in
+# Python), a longer vector/matrix becomes a tensor.
+.operand <- function(x) {
+  if (inherits(x, "python.builtin.object")) return(x)
+  if ((is.numeric(x) || is.logical(x)) && length(x) == 1 && is.null(dim(x))) return(x)
+  if (is.numeric(x) || is.logical(x)) return(tensor(x))
+  stop(sprintf("cannot combine a torch tensor with %s", .describe(x)), call. = FALSE)
+}
+
+#' Arithmetic, comparison and math on torch tensors
+#'
+#' `+ - * / ^ %% %/%`, comparisons and `& |` work on torch tensors with a
+#' tensor or a number on either side (`p - g * 0.5`, `0.5 * p`), and unary
+#' minus (`-p`). They call Python's own operators, so results, broadcasting
+#' and dtypes are exactly what Python gives. `Math` functions (`sqrt`, `exp`,
+#' `log`, `abs`, ...) and `sum`, `prod`, `max`, `min` call the torch functions.
+#'
+#' @param e1,e2 Tensors or numbers.
+#' @param x A tensor.
+#' @param ... Passed on by the group generics; unused.
+#' @param na.rm Unused (tensors have no `NA`).
+#' @return A torch tensor.
+#' @name tensor-ops
+#' @examples
+#' if (pyfastopt_available()) {
+#'   p <- tensor(c(1, 2, 3))
+#'   p - p * 0.5
+#'   0.5 * p
+#'   -p
+#'   sqrt(p)
+#'   p > 1.5
+#' }
+NULL
+
+#' @rdname tensor-ops
+#' @export
+Ops.torch.Tensor <- function(e1, e2) {
+  if (missing(e2)) {
+    f <- switch(.Generic, "-" = "neg", "+" = "pos", "!" = "inv",
+                stop(sprintf("unary %s is not defined for torch tensors", .Generic), call. = FALSE))
+    if (f == "inv") return(.pyfn("torch", "logical_not")(e1))
+    return(.pyfn("operator", f)(e1))
+  }
+  name <- .op_names[[.Generic]]
+  .pyfn("operator", name)(.operand(e1), .operand(e2))
+}
+
+.math_names <- c(
+  abs = "abs", sign = "sign", sqrt = "sqrt", floor = "floor", ceiling = "ceil",
+  trunc = "trunc", round = "round", exp = "exp", log = "log", expm1 = "expm1",
+  log1p = "log1p", cos = "cos", sin = "sin", tan = "tan", acos = "acos",
+  asin = "asin", atan = "atan", cosh = "cosh", sinh = "sinh", tanh = "tanh",
+  log2 = "log2", log10 = "log10", cumsum = "cumsum", cumprod = "cumprod"
+)
+
+#' @rdname tensor-ops
+#' @export
+Math.torch.Tensor <- function(x, ...) {
+  f <- .math_names[.Generic]
+  if (is.na(f)) stop(sprintf("%s() is not defined for torch tensors", .Generic), call. = FALSE)
+  if (f %in% c("cumsum", "cumprod")) return(.pyfn("torch", f)(x$flatten(), dim = 0L))
+  if (.Generic == "log" && length(list(...))) {
+    base <- list(...)[[1]]
+    return(.pyfn("torch", "log")(x) / log(base))
+  }
+  .pyfn("torch", f)(x)
+}
+
+#' @rdname tensor-ops
+#' @export
+Summary.torch.Tensor <- function(..., na.rm = FALSE) {
+  args <- list(...)
+  f <- switch(.Generic, sum = "sum", prod = "prod", max = "max", min = "min",
+              any = "any", all = "all",
+              stop(sprintf("%s() is not defined for torch tensors", .Generic), call. = FALSE))
+  vals <- lapply(args, function(a) .pyfn("torch", f)(if (.is_tensor(a)) a else tensor(a)))
+  if (length(vals) == 1) return(vals[[1]])
+  .pyfn("torch", f)(.pyfn("torch", "stack")(lapply(vals, function(v) v$to(vals[[1]]$dtype))))
+}
+
+#' @rdname tensor-ops
+#' @export
+mean.torch.Tensor <- function(x, ...) x$mean()
+
+# ---- printing and conversion --------------------------------------------------
+
+#' Print and convert torch tensors
+#'
+#' `print()` shows Python's `repr()` (`tensor(0.9000)`), `str()` Python's
+#' `str()` on one line, as in `str(list_of_tensors)`:
+#' ` $ :tensor(0.)`. `as.numeric()`, `as.vector()` and `as.array()` copy the
+#' values into R.
+#'
+#' @param x,object A torch tensor.
+#' @param mode,... As for the base generics.
+#' @return `print` and `str` return their argument invisibly; the conversions
+#'   return R vectors or arrays.
+#' @name tensor-print
+#' @examples
+#' if (pyfastopt_available()) {
+#'   t <- tensor(c(0.5, 1.5))
+#'   print(t)
+#'   str(list(t))
+#'   as.numeric(t)
+#' }
+NULL
+
+#' @rdname tensor-print
+#' @export
+print.torch.Tensor <- function(x, ...) {
+  writeLines(reticulate::py_repr(x))
+  invisible(x)
+}
+
+#' @rdname tensor-print
+#' @export
+str.torch.Tensor <- function(object, ...) {
+  cat(reticulate::py_str(object), "\n", sep = "")
+  invisible(object)
+}
+
+.tensor_values <- function(x) {
+  v <- reticulate::py_to_r(x$detach()$cpu()$flatten()$tolist())
+  unlist(v, use.names = FALSE)
+}
+
+#' @rdname tensor-print
+#' @export
+as.double.torch.Tensor <- function(x, ...) as.double(.tensor_values(x))
+
+#' @rdname tensor-print
+#' @export
+as.vector.torch.Tensor <- function(x, mode = "any") as.vector(.tensor_values(x), mode = mode)
+
+#' @rdname tensor-print
+#' @export
+as.array.torch.Tensor <- function(x, ...) {
+  shape <- unlist(reticulate::py_to_r(reticulate::py_call(reticulate::py_get_attr(x, "size"))))
+  v <- .tensor_values(x)
+  if (length(shape) <= 1) return(array(v, dim = length(v)))
+  # torch is row-major, R column-major
+  aperm(array(v, dim = rev(shape)), rev(seq_along(shape)))
+}
+
+#' @rdname tensor-print
+#' @export
+dim.torch.Tensor <- function(x) {
+  shape <- unlist(reticulate::py_to_r(reticulate::py_call(reticulate::py_get_attr(x, "size"))))
+  if (length(shape) == 0) NULL else as.integer(shape)
+}
+
+#' @rdname tensor-print
+#' @export
+length.torch.Tensor <- function(x) {
+  as.integer(reticulate::py_to_r(reticulate::py_call(reticulate::py_get_attr(x, "numel"))))
+}

@@ -1,0 +1,102 @@
+# Package state. The Python modules are imported with `delay_load = TRUE` in
+# .onLoad, so loading the package never starts Python: Python starts on the
+# first call that needs it, and a missing Python or module is reported there
+# (with the fix) instead of breaking library(pyfastopt).
+.pkg <- new.env(parent = emptyenv())
+.pkg$ready <- FALSE   # TRUE once pyfastopt imported and the class methods are registered
+.pkg$fns <- list()    # cached Python callables (operator.*, torch.*)
+
+.onLoad <- function(libname, pkgname) {
+  .pkg$pyfastopt <- reticulate::import("pyfastopt", delay_load = TRUE)
+  .pkg$torch <- reticulate::import("torch", delay_load = TRUE)
+  .pkg$operator <- reticulate::import("operator", delay_load = TRUE)
+  invisible()
+}
+
+# How to fix a missing Python side; used by every first call that fails.
+.setup_hint <- function() {
+  paste0(
+    "To fix it, either run pyfastopt::install_pyfastopt() and restart R, ",
+    "or set the environment variable RETICULATE_PYTHON to a Python that has ",
+    "torch and pyfastopt installed (before the first call in the session)."
+  )
+}
+
+.clean_py_message <- function(msg) {
+  msg <- sub("\n*Detailed traceback:.*$", "", msg)
+  msg <- sub("\n*Run `reticulate::py_last_error\\(\\)` for details\\..*$", "", msg)
+  trimws(msg)
+}
+
+# The pyfastopt Python module; stops with an actionable message when Python or
+# the module is missing. Cheap after the first successful call.
+.pf <- function() {
+  if (.pkg$ready) return(.pkg$pyfastopt)
+  res <- tryCatch({
+    reticulate::py_get_attr(.pkg$pyfastopt, "Optimizer")
+    TRUE
+  }, error = function(e) e)
+  if (!isTRUE(res)) {
+    stop(paste0(
+      "pyfastopt: the Python side is not available (Python with the modules ",
+      "'torch' and 'pyfastopt').\n", .setup_hint(), "\nreticulate said: ",
+      .clean_py_message(conditionMessage(res))
+    ), call. = FALSE)
+  }
+  .register_py_classes()
+  .pkg$ready <- TRUE
+  .pkg$pyfastopt
+}
+
+.torch <- function() {
+  .pf()
+  .pkg$torch
+}
+
+# A cached Python callable: `module.name`.
+.pyfn <- function(module, name) {
+  key <- paste(module, name, sep = ".")
+  f <- .pkg$fns[[key]]
+  if (is.null(f)) {
+    .pf()
+    mod <- .pkg[[module]]
+    f <- mod[[name]]   # an R function wrapping the Python callable
+    .pkg$fns[[key]] <- f
+  }
+  f
+}
+
+# R class name reticulate gives instances of a Python class.
+.r_class_of <- function(pyclass) {
+  mod <- reticulate::py_to_r(reticulate::py_get_attr(pyclass, "__module__"))
+  nm <- reticulate::py_to_r(reticulate::py_get_attr(pyclass, "__name__"))
+  if (identical(mod, "builtins")) mod <- "python.builtin"
+  paste(mod, nm, sep = ".")
+}
+
+# pyfastopt.L may live in any submodule: register the `L` methods under the
+# class name reticulate will really use, once the module is imported.
+.register_py_classes <- function() {
+  cls <- .r_class_of(reticulate::py_get_attr(.pkg$pyfastopt, "L"))
+  ns <- asNamespace("pyfastopt")
+  for (g in c("[", "[<-", "[[", "[[<-", "length", "as.list", "print", "str")) {
+    registerS3method(g, cls, get(paste0(g, ".pyfastopt_L"), envir = ns), envir = ns)
+  }
+  .pkg$L_class <- cls
+  invisible(cls)
+}
+
+#' Is the Python side of pyfastopt available?
+#'
+#' Tries (once per session) to import the Python modules `torch` and
+#' `pyfastopt`. Starting Python is a one-way street in an R session, so call
+#' it only when you are ready to use the Python that reticulate picks (see
+#' `RETICULATE_PYTHON`).
+#'
+#' @return `TRUE` or `FALSE`.
+#' @export
+#' @examples
+#' if (pyfastopt_available()) tensor(1)
+pyfastopt_available <- function() {
+  isTRUE(tryCatch({ .pf(); TRUE }, error = function(e) FALSE))
+}
