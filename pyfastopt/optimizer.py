@@ -24,6 +24,7 @@ from functools import partial
 import torch
 
 from .foundation import L, even_mults, merge
+from .kernels import match_chain
 from .tensor_list import ParamBatch, TensorList
 from .validation import HYPER_BOUNDS, as_int, check_hyper
 
@@ -226,7 +227,17 @@ class Optimizer(_BaseOptimizer):
         for cb in cbs:
             if not callable(cb):
                 raise TypeError(f"cbs must be callables (steppers), got {type(cb).__name__} {cb!r}")
-        param_lists = L(L(p) for p in params) if isinstance(params[0], (L, list)) else L([params])
+        overrides = None
+        if isinstance(params[0], dict):
+            # torch-style groups, [{'params': [...], 'lr': ...}, ...]: each dict is a group and its
+            # other keys override the defaults for that group
+            groups = [_group_dict(g) for g in params]
+            param_lists = L(L(_as_param_list(g["params"])) for g in groups)
+            overrides = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+        elif isinstance(params[0], (L, list)):
+            param_lists = L(L(p) for p in params)
+        else:
+            param_lists = L([params])
         _check_params(param_lists)
         self.cbs = cbs
         defaults = merge(*cbs.attrgot("defaults"), defaults)
@@ -235,13 +246,18 @@ class Optimizer(_BaseOptimizer):
         self._group_views = []
         self._state = defaultdict(dict)
         self._plan = None
+        self._fused = True
         self.impl = "auto"
         self.frozen_idx = 0
-        self._values_checked = {k: self._spread(k, v) for k, v in defaults.items()}
+        values = {k: self._spread(k, v) for k, v in defaults.items()}
+        for o in overrides or []:
+            for k, v in o.items():
+                check_hyper(k, v, self._hyper_bounds(k))
         _init_torch_base(self, dict(defaults))
-        for k, v in self._values_checked.items():
+        for k, v in values.items():
             self._set_hyper(k, v)
-        del self._values_checked
+        for h, o in zip(self.hypers, overrides or []):
+            h.update(o)
 
     # ---- fastai attributes with checks ---------------------------------------------------------
     @property
@@ -282,6 +298,18 @@ class Optimizer(_BaseOptimizer):
             self._invalidate_plan()
         self._impl = value
 
+    @property
+    def fused(self):
+        """Whether the multi-tensor path may run a built-in chain with one fused kernel
+        (`kernels.py`); False runs the steppers themselves on TensorLists. Same numbers either way."""
+        return self._fused
+
+    @fused.setter
+    def fused(self, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"fused must be True or False, got {value!r}")
+        self._fused = value
+
     def _hyper_bounds(self, k):
         for cb in self.cbs:
             b = getattr(_stepper_func(cb), "hyper_bounds", {}).get(k)
@@ -296,8 +324,7 @@ class Optimizer(_BaseOptimizer):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         if "params" not in param_group:
             raise ValueError("param_group must have a 'params' key")
-        params = param_group["params"]
-        params = L([params] if isinstance(params, torch.Tensor) else list(params))
+        params = L(_as_param_list(param_group["params"]))
         _check_params(L([*self.param_lists, params]))
         hyper = {k: param_group.get(k, v) for k, v in self.defaults.items()}
         hyper.update({k: v for k, v in param_group.items() if k != "params"})
@@ -308,7 +335,7 @@ class Optimizer(_BaseOptimizer):
         self.hypers.append(hyper)
 
     def _set_group_params(self, i, params):
-        params = L([params] if isinstance(params, torch.Tensor) else list(params))
+        params = L(_as_param_list(params))
         _check_params(L([*(pl for j, pl in enumerate(self.param_lists) if j != i), params]))
         self._invalidate_plan()
         self.param_lists[i] = params
@@ -361,16 +388,22 @@ class Optimizer(_BaseOptimizer):
         cbs, hypers = self.cbs, self.hypers
         for b in plan.buckets:
             hyper = hypers[b.group]
-            batch, state = b.batch, b.state
+            batch, state, kernel = b.batch, b.state, b.kernel
+            if kernel is not None and kernel(b, {**state, **hyper}):
+                continue
             for cb in cbs:
                 res = cb(batch, **{**state, **hyper})
                 if isinstance(res, dict):
                     state.update(res)
 
     def _plan_matches(self):
-        "Do the params, their grads and the groups still match what the buckets were built from?"
+        """Do the params, their grads, the groups and the steppers still match what the buckets
+        were built from? O(params) identity checks, a few C-level passes (no Python loop per param)."""
         plan, lists = self._plan, self.param_lists
-        if len(lists) != len(plan.params):
+        if len(lists) != len(plan.params) or plan.fused != self._fused:
+            return False
+        cbs = self.cbs.items if isinstance(self.cbs, L) else list(self.cbs)
+        if len(cbs) != len(plan.cbs) or not all(map(operator.is_, cbs, plan.cbs)):
             return False
         get_grad, is_ = operator.attrgetter("grad"), operator.is_
         for pl, params, grads in zip(lists, plan.params, plan.grads):
@@ -383,6 +416,9 @@ class Optimizer(_BaseOptimizer):
     def _build_plan(self):
         _check_grads(p for pl in self.param_lists for p in pl)
         plan = _Plan()
+        plan.cbs = list(self.cbs)
+        plan.fused = self._fused
+        kernel = match_chain(plan.cbs) if self._fused else None
         for gi, pl in enumerate(self.param_lists):
             items = list(pl.items)
             plan.params.append(items)
@@ -394,7 +430,10 @@ class Optimizer(_BaseOptimizer):
                 st = self._state[p]
                 buckets.setdefault((p.device, p.dtype, _signature(st)), []).append(p)
             for ps in buckets.values():
-                plan.buckets.append(_Bucket(gi, ps, [self._state[p] for p in ps]))
+                b = _Bucket(gi, ps, [self._state[p] for p in ps])
+                if kernel is not None and kernel.usable(b):
+                    b.kernel = kernel
+                plan.buckets.append(b)
         return plan
 
     def _invalidate_plan(self):
@@ -528,21 +567,24 @@ class Optimizer(_BaseOptimizer):
 
 
 class _Plan:
-    "The buckets of one step, and the params and grads they were built from."
-    __slots__ = ("params", "grads", "buckets")
+    "The buckets of one step, and the params, grads and steppers they were built from."
+    __slots__ = ("params", "grads", "buckets", "cbs", "fused")
 
     def __init__(self):
-        self.params, self.grads, self.buckets = [], [], []
+        self.params, self.grads, self.buckets, self.cbs, self.fused = [], [], [], [], True
 
 
 class _Bucket:
     """Params of one group that share device, dtype and scalar state, stepped together.
 
-    `state` holds, per key, either a TensorList (one value per param) or one value for all."""
-    __slots__ = ("group", "params", "batch", "state")
+    `state` holds, per key, either a TensorList (one value per param) or one value for all.
+    `kernel` is the chain kernel (`kernels.py`) that steps it, if any; `kernel_state` its scratch
+    (e.g. the step tensor the fused kernels read), never part of the params' state."""
+    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state")
 
     def __init__(self, group, params, states):
         self.group, self.params = group, params
+        self.kernel, self.kernel_state = None, {}
         self.batch = ParamBatch(params, [p.grad for p in params])
         first = states[0]
         self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor) else v)
@@ -568,6 +610,17 @@ def _signature(state):
             except TypeError:
                 sig.append((k, "id", id(v)))
     return tuple(sig)
+
+
+def _group_dict(g):
+    if not isinstance(g, dict) or "params" not in g:
+        raise TypeError("params given as groups must all be dicts with a 'params' key, got "
+                        f"{type(g).__name__}")
+    return g
+
+
+def _as_param_list(params):
+    return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
 def _check_params(param_lists):
