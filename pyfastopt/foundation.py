@@ -206,10 +206,11 @@ class L(metaclass=_LMeta):
 
     @classmethod
     def range(cls, a, b=None, step=None):
-        if is_listy(a) or isinstance(a, L) or hasattr(a, "__len__") and not isinstance(a, int):
+        "`L(range(...))`; a collection stands for its length."
+        if not isinstance(a, numbers.Integral) and hasattr(a, "__len__"):
             a = len(a)
-        return cls(range(a, b, step) if b is not None else range(a) if step is None
-                   else range(0, a, step))
+        args = (a,) if b is None else (a, b) if step is None else (a, b, step)
+        return cls(range(*args))
 
     @classmethod
     def split(cls, s, sep=None, maxsplit=-1):
