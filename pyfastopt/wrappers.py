@@ -52,6 +52,7 @@ class Lookahead(Optimizer):
     param_lists = _forward("param_lists", "The wrapped optimizer's param groups (lists).")
     param_groups = _forward("param_groups", "The wrapped optimizer's param groups (torch view).")
     impl = _forward("impl", "How the wrapped optimizer steps.")
+    fused = _forward("fused", "Whether the wrapped optimizer may use chain kernels.")
     cbs = _forward("cbs", "The wrapped optimizer's steppers.")
     defaults = _forward("defaults", "The wrapped optimizer's defaults.")
 

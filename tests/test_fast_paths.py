@@ -1,0 +1,279 @@
+"""The fast paths (chain kernels, multi-tensor buckets) give the per-parameter reference's numbers
+and the same state, for every built-in optimizer; the step plan follows changes to params, grads,
+groups and steppers; state does not grow. Runs on CUDA too when a GPU is present."""
+import copy
+import io
+from functools import partial
+
+import pytest
+import torch
+
+import pyfastopt as po
+from pyfastopt import kernels
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SHAPES = [(3, 4), (5,), (2, 3, 3), (7,), (1,), (4, 6)]
+
+FACTORIES = {
+    "SGD": lambda ps: po.SGD(ps, lr=0.1),
+    "SGD_mom": lambda ps: po.SGD(ps, lr=0.1, mom=0.9, wd=0.01),
+    "SGD_mom_l2": lambda ps: po.SGD(ps, lr=0.1, mom=0.9, wd=0.01, decouple_wd=False),
+    "RMSProp": lambda ps: po.RMSProp(ps, lr=0.01, wd=0.01),
+    "RMSProp_mom": lambda ps: po.RMSProp(ps, lr=0.01, mom=0.9, decouple_wd=False, wd=0.01),
+    "Adam": lambda ps: po.Adam(ps, lr=0.01),
+    "Adam_l2": lambda ps: po.Adam(ps, lr=0.01, decouple_wd=False),
+    "RAdam": lambda ps: po.RAdam(ps, lr=0.01, wd=0.01),
+    "RAdam_l2": lambda ps: po.RAdam(ps, lr=0.01, wd=0.01, decouple_wd=False),
+    "RAdam_beta": lambda ps: po.RAdam(ps, lr=0.01, beta=2.),
+    "QHAdam": lambda ps: po.QHAdam(ps, lr=0.01, wd=0.01),
+    "Larc": lambda ps: po.Larc(ps, lr=0.1, wd=0.01),
+    "Larc_noclip": lambda ps: po.Larc(ps, lr=0.1, clip=False, mom=0.),
+    "Lamb": lambda ps: po.Lamb(ps, lr=0.01, wd=0.01),
+    "ranger": lambda ps: po.ranger(ps, lr=0.01, k=3),
+}
+MODES = ("per_param", "generic", "fast")
+
+
+def make_params(dtype, device, n_groups=2):
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+          for s in SHAPES]
+    ps.append(torch.randn(6, 4, generator=g, dtype=torch.float64).to(device, dtype).t())  # non-contiguous
+    if n_groups == 1:
+        return ps
+    return [ps[:3], ps[3:]]
+
+
+def flat(params):
+    return [p for pl in params for p in pl] if isinstance(params[0], list) else list(params)
+
+
+def set_mode(opt, mode):
+    if mode == "per_param":
+        opt.impl = "per_param"
+    elif mode == "generic":
+        opt.fused = False
+
+
+def run(name, mode, dtype=torch.float64, device="cpu", steps=14, none_grad_every=4):
+    params = make_params(dtype, device)
+    opt = FACTORIES[name](params)
+    set_mode(opt, mode)
+    ps = flat(params)
+    inner = getattr(opt, "opt", opt)
+    inner.state[ps[0]]["do_wd"] = False
+    g = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        for j, p in enumerate(ps):
+            if (i + j) % none_grad_every == 0:
+                p.grad = None
+            else:
+                p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(device, dtype)
+        opt.step()
+    return ps, opt
+
+
+def close(a, b, dtype):
+    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, b, **tol)
+
+
+def same_state(o1, o2, ps1, ps2, dtype):
+    s1, s2 = o1.state, o2.state
+    for p1, p2 in zip(ps1, ps2):
+        a, b = s1[p1], s2[p2]
+        assert list(a) == list(b)
+        for k in a:
+            if isinstance(a[k], torch.Tensor) or isinstance(b[k], torch.Tensor):
+                close(torch.as_tensor(a[k], dtype=dtype, device=p1.device),
+                      torch.as_tensor(b[k], dtype=dtype, device=p1.device), dtype)
+            else:
+                assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_paths_agree(name, dtype, device):
+    ref_ps, ref = run(name, "per_param", dtype, device)
+    for mode in ("generic", "fast"):
+        ps, opt = run(name, mode, dtype, device)
+        for a, b in zip(ref_ps, ps):
+            close(b, a, dtype)
+        same_state(ref, opt, ref_ps, ps, dtype)
+
+
+def test_kernels_recognised():
+    ps = [torch.randn(3)]
+    expect = {"Adam": kernels.AdamKernel, "RAdam": kernels.RAdamKernel,
+              "SGD_mom": kernels.SGDMomentumKernel, "SGD": type(None), "Lamb": type(None)}
+    for name, k in expect.items():
+        opt = FACTORIES[name](ps)
+        assert type(kernels.match_chain(opt.cbs)) is k, name
+    # a user chain that differs (undampened average_grad in an Adam-like chain) is not matched
+    cbs = [po.weight_decay, po.average_grad, po.average_sqr_grad, po.step_stat, po.adam_step]
+    assert kernels.match_chain(cbs) is None
+    cbs = [po.weight_decay, partial(po.average_grad, dampening=True), po.average_sqr_grad,
+           po.step_stat, po.adam_step, po.sgd_step]
+    assert kernels.match_chain(cbs) is None
+
+
+def test_kernel_runs_and_matches_fastai_numbers():
+    "Adam's fused kernel actually runs, and gives the reference numbers (spec §3 formula)."
+    p = torch.tensor([1., 2., 3.], dtype=torch.float64)
+    opt = po.Adam([p], lr=0.1, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.)
+    m = torch.zeros(3, dtype=torch.float64)
+    v = torch.zeros(3, dtype=torch.float64)
+    x = p.clone()
+    for step in range(1, 4):
+        g = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64) * step
+        p.grad = g.clone()
+        opt.step()
+        assert opt._plan.buckets[0].kernel is not None
+        m = 0.9 * m + 0.1 * g
+        v = 0.99 * v + 0.01 * g * g
+        d1, d2 = po.debias(0.9, 0.1, step), po.debias(0.99, 0.01, step)
+        x = x - 0.1 / d1 * m / ((v / d2).sqrt() + 1e-5)
+    torch.testing.assert_close(p, x, rtol=1e-12, atol=1e-14)
+    assert opt.state[p]["step"] == 3 and type(opt.state[p]["step"]) is int
+
+
+def test_l2_reg_mutates_grad_like_fastai():
+    for mode in MODES:
+        p = torch.ones(3)
+        p.grad = torch.full((3,), 0.1)
+        opt = po.Adam([p], lr=0.1, wd=0.5, decouple_wd=False)
+        set_mode(opt, mode)
+        opt.step()
+        torch.testing.assert_close(p.grad, torch.full((3,), 0.6))
+
+
+def test_tensor_hyper_falls_back():
+    ps1, ps2 = [torch.randn(4)], [torch.randn(4)]
+    ps2[0].data.copy_(ps1[0])
+    o1, o2 = po.Adam(ps1, lr=0.01), po.Adam(ps2, lr=0.01)
+    o2.impl = "per_param"
+    o1.set_hyper("lr", [torch.tensor(0.01)])
+    for _ in range(3):
+        for p in ps1 + ps2:
+            p.grad = torch.ones(4)
+        o1.step()
+        o2.step()
+    torch.testing.assert_close(ps1[0], ps2[0])
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD_mom", "RAdam", "Lamb", "ranger"])
+def test_state_dict_moves_between_paths(name):
+    "Train on one path, checkpoint, load into another path: same numbers as never switching."
+    for a, b in [("fast", "per_param"), ("per_param", "fast"), ("generic", "fast")]:
+        ref_ps, ref = run(name, "per_param", steps=10)
+        ps1, o1 = run(name, a, steps=6)
+        buf = io.BytesIO()
+        torch.save(o1.state_dict(), buf)
+        buf.seek(0)
+        sd = torch.load(buf, weights_only=True)
+        ps2 = [p.detach().clone() for p in ps1]
+        o2 = FACTORIES[name]([ps2[:3], ps2[3:]])
+        o2.load_state_dict(sd)
+        set_mode(o2, b)
+        g = torch.Generator().manual_seed(1)
+        # replay the grads of run(): regenerate the first 6 steps, then continue
+        for i in range(10):
+            grads = []
+            for j, p in enumerate(ps2):
+                grads.append(None if (i + j) % 4 == 0 else
+                             torch.randn(p.shape, generator=g, dtype=torch.float64))
+            if i < 6:
+                continue
+            for p, gr in zip(ps2, grads):
+                p.grad = gr
+            o2.step()
+        if name != "ranger":       # ranger's slow weights are not moved here
+            for x, y in zip(ref_ps, ps2):
+                close(y, x, torch.float64)
+
+
+def test_state_objects_are_live():
+    "`opt.state[p]` holds the tensors the fast path updates (read after a step: current values)."
+    p = torch.randn(5)
+    opt = po.Adam([p], lr=0.1)
+    for _ in range(3):
+        p.grad = torch.randn(5)
+        opt.step()
+    m = opt.state[p]["grad_avg"]
+    before = m.clone()
+    p.grad = torch.randn(5)
+    opt.step()
+    assert not torch.equal(m, before)          # the same object was updated in place
+    assert opt.state[p]["grad_avg"] is m
+
+
+def test_plan_follows_changes():
+    ps = [torch.randn(4) for _ in range(3)]
+    for p in ps:
+        p.grad = torch.ones(4)
+    opt = po.SGD(ps, lr=0.1, mom=0.9)
+    opt.step()
+    plan = opt._plan
+    opt.step()
+    assert opt._plan is plan                   # reused when nothing changed
+    ps[1].grad = None                          # a grad goes away
+    before = ps[1].clone()
+    opt.step()
+    assert opt._plan is not plan and torch.equal(ps[1], before)
+    ps[1].grad = torch.ones(4)                 # comes back
+    opt.step()
+    assert not torch.equal(ps[1], before)
+    new = torch.randn(4)
+    new.grad = torch.ones(4)
+    opt.add_param_group({"params": [new], "lr": 0.5})  # a group is added
+    x = new.clone()
+    opt.step()
+    torch.testing.assert_close(new, x - 0.5 * 1.0)
+    opt.param_groups[1]["params"] = []         # a group's params change
+    opt.param_lists[1] = po.L([new])
+    opt.step()
+    plan = opt._plan
+    opt.cbs = po.L([po.sgd_step])              # the steppers change
+    y = ps[0].clone()
+    opt.step()
+    assert opt._plan is not plan
+    torch.testing.assert_close(ps[0], y - 0.1)
+    opt.set_hyper("lr", 0.2)                   # hypers are read every step, no rebuild needed
+    y = ps[0].clone()
+    opt.step()
+    torch.testing.assert_close(ps[0], y - 0.2)
+
+
+def test_no_state_growth():
+    ps = [torch.randn(10) for _ in range(20)]
+    for name in FACTORIES:
+        opt = FACTORIES[name]([p.clone() for p in ps])
+        qs = [p for pl in opt.param_lists for p in pl]
+        for p in qs:
+            p.grad = torch.randn(10)
+        opt.step()
+        opt.step()
+        n1 = sum(len(s) for s in getattr(opt, "opt", opt).state.values())
+        for _ in range(5):
+            opt.step()
+        n2 = sum(len(s) for s in getattr(opt, "opt", opt).state.values())
+        assert n1 == n2, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_cuda_no_sync_per_param(name):
+    ps = [torch.randn(s, device="cuda") for s in SHAPES]
+    opt = FACTORIES[name](ps)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()                                 # builds the plan and the state (may sync)
+    opt.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(8):
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
