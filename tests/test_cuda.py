@@ -1,0 +1,124 @@
+"""CUDA: every factory on CUDA gives the CPU results, keeps its state on the param's device, and
+step() does not synchronise with the host (torch.cuda.set_sync_debug_mode("error"))."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import NONE_GRAD, NO_WD, clone_groups, make_problem, set_grads  # noqa: E402
+
+from pyfastopt import SGD, RMSProp, Adam, RAdam, QHAdam, Larc, Lamb, Lookahead, ranger  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+LRS = [1e-2, 5e-3]
+
+FACTORIES = {
+    'SGD': lambda g: SGD(g, lr=LRS, wd=0.1),
+    'SGD_mom': lambda g: SGD(g, lr=LRS, mom=0.9, wd=0.1),
+    'SGD_mom_l2': lambda g: SGD(g, lr=LRS, mom=0.9, wd=0.1, decouple_wd=False),
+    'RMSProp': lambda g: RMSProp(g, lr=[1e-3, 5e-4], wd=0.1),
+    'RMSProp_mom': lambda g: RMSProp(g, lr=[1e-3, 5e-4], mom=0.9, wd=0.1),
+    'Adam': lambda g: Adam(g, lr=LRS),
+    'Adam_l2': lambda g: Adam(g, lr=LRS, wd=0.1, decouple_wd=False),
+    'RAdam': lambda g: RAdam(g, lr=LRS, wd=0.1),
+    'RAdam_beta1': lambda g: RAdam(g, lr=LRS, wd=0.1, beta=1.),
+    'QHAdam': lambda g: QHAdam(g, lr=LRS, wd=0.1),
+    'Larc': lambda g: Larc(g, lr=LRS, wd=0.01),
+    'Larc_noclip': lambda g: Larc(g, lr=LRS, wd=0.01, clip=False),
+    'Larc_mom0': lambda g: Larc(g, lr=LRS, mom=0., wd=0.01),
+    'Lamb': lambda g: Lamb(g, lr=LRS, wd=0.1),
+    'Lookahead_SGD': lambda g: Lookahead(SGD(g, lr=LRS, mom=0.9, wd=0.1), k=3),
+    'ranger': lambda g: ranger(g, lr=LRS, k=3),
+}
+
+
+def _run(name, device, n_steps, dtype=torch.float32):
+    init, grads = make_problem(n_steps=n_steps, seed=99, dtype=dtype, device=device)
+    groups = clone_groups(init)
+    opt = FACTORIES[name](groups)
+    opt.state[groups[NO_WD[0]][NO_WD[1]]]['do_wd'] = False
+    for k in range(n_steps):
+        set_grads(groups, grads[k])
+        opt.step()
+    return init, groups, opt
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_cuda_matches_cpu(name):
+    _, gc, _ = _run(name, 'cpu', 10)
+    init, gg, opt = _run(name, 'cuda', 10)
+    for gi, (a, b) in enumerate(zip(gc, gg)):
+        for pi, (x, y) in enumerate(zip(a, b)):
+            assert y.device.type == 'cuda'
+            if (gi, pi) == NONE_GRAD:
+                assert torch.equal(y, init[gi][pi])
+            torch.testing.assert_close(y.cpu(), x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_cuda_float64_matches_cpu(name):
+    _, gc, _ = _run(name, 'cpu', 5, dtype=torch.float64)
+    _, gg, _ = _run(name, 'cuda', 5, dtype=torch.float64)
+    for a, b in zip(gc, gg):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y.cpu(), x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_cuda_state_on_device(name):
+    _, gg, opt = _run(name, 'cuda', 3)
+    for grp in gg:
+        for p in grp:
+            for k, v in opt.state[p].items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0:
+                    assert v.device == p.device, k
+                    assert v.dtype == p.dtype, k
+    if hasattr(opt, 'slow_weights') and opt.slow_weights is not None:
+        for sg in opt.slow_weights:
+            for s in sg:
+                assert s.device.type == 'cuda'
+
+
+@pytest.mark.parametrize("name", list(FACTORIES))
+def test_cuda_step_no_host_sync(name):
+    n = 3
+    init, grads = make_problem(n_steps=n, seed=7, device='cuda')
+    groups = clone_groups(init)
+    opt = FACTORIES[name](groups)
+    opt.state[groups[NO_WD[0]][NO_WD[1]]]['do_wd'] = False
+    torch.cuda.synchronize()
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        for k in range(n):
+            for grp, gg in zip(groups, grads[k]):
+                for p, g in zip(grp, gg):
+                    p.grad = g
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    # and it computed the same as a CPU run on the same data
+    cpu_init = [[p.cpu() for p in g] for g in init]
+    cg = clone_groups(cpu_init)
+    copt = FACTORIES[name](cg)
+    copt.state[cg[NO_WD[0]][NO_WD[1]]]['do_wd'] = False
+    for k in range(n):
+        set_grads(cg, [[None if g is None else g.cpu() for g in gg] for gg in grads[k]])
+        copt.step()
+    for a, b in zip(cg, groups):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y.cpu(), x, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ['SGD_mom', 'Adam', 'RAdam', 'Lamb', 'Larc', 'ranger'])
+def test_cuda_low_precision(name, dtype):
+    _, g32, _ = _run(name, 'cuda', 3)
+    init, glp, opt = _run(name, 'cuda', 3, dtype=dtype)
+    for a, b in zip(g32, glp):
+        for x, y in zip(a, b):
+            assert y.dtype == dtype
+            assert torch.isfinite(y.float()).all()
