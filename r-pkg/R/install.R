@@ -80,6 +80,9 @@ install_pyfastopt <- function(envname = "r-pyfastopt", package = "pyfastopt",
 .python_has_modules <- function(python, modules) {
   if (is.na(python) || !file.exists(python)) return(FALSE)
   code <- paste0("import ", paste(modules, collapse = ", "))
-  status <- suppressWarnings(system2(python, c("-c", shQuote(code)), stdout = FALSE, stderr = FALSE))
+  # PYTHONHOME/PYTHONPATH as reticulate set them for its own Python would
+  # make any child Python see that environment: clear them.
+  status <- suppressWarnings(system2(python, c("-c", shQuote(code)), stdout = FALSE, stderr = FALSE,
+                                     env = c("PYTHONHOME=", "PYTHONPATH=")))
   identical(as.integer(status), 0L)
 }

@@ -203,9 +203,15 @@ str.torch.Tensor <- function(object, ...) {
   invisible(object)
 }
 
+.r_value <- function(v) if (inherits(v, "python.builtin.object")) reticulate::py_to_r(v) else v
+
 .tensor_values <- function(x) {
-  v <- reticulate::py_to_r(x$detach()$cpu()$flatten()$tolist())
-  unlist(v, use.names = FALSE)
+  unlist(.r_value(x$detach()$cpu()$flatten()$tolist()), use.names = FALSE)
+}
+
+.tensor_shape <- function(x) {
+  n <- as.integer(.r_value(x$dim()))
+  vapply(seq_len(n) - 1L, function(i) as.integer(.r_value(x$size(i))), 1L)
 }
 
 #' @rdname tensor-print
@@ -219,7 +225,7 @@ as.vector.torch.Tensor <- function(x, mode = "any") as.vector(.tensor_values(x),
 #' @rdname tensor-print
 #' @export
 as.array.torch.Tensor <- function(x, ...) {
-  shape <- unlist(reticulate::py_to_r(reticulate::py_call(reticulate::py_get_attr(x, "size"))))
+  shape <- .tensor_shape(x)
   v <- .tensor_values(x)
   if (length(shape) <= 1) return(array(v, dim = length(v)))
   # torch is row-major, R column-major
@@ -229,12 +235,12 @@ as.array.torch.Tensor <- function(x, ...) {
 #' @rdname tensor-print
 #' @export
 dim.torch.Tensor <- function(x) {
-  shape <- unlist(reticulate::py_to_r(reticulate::py_call(reticulate::py_get_attr(x, "size"))))
-  if (length(shape) == 0) NULL else as.integer(shape)
+  shape <- .tensor_shape(x)
+  if (length(shape) == 0) NULL else shape
 }
 
 #' @rdname tensor-print
 #' @export
 length.torch.Tensor <- function(x) {
-  as.integer(reticulate::py_to_r(reticulate::py_call(reticulate::py_get_attr(x, "numel"))))
+  as.integer(.r_value(x$numel()))
 }

@@ -40,6 +40,7 @@
 
 # Python's error text without reticulate's traceback banner.
 .py_error <- function(where, e) {
+  if (inherits(e, "pyfastopt_setup_error")) stop(e)
   stop(sprintf("%s: %s", where, .clean_py_message(conditionMessage(e))), call. = FALSE)
 }
 

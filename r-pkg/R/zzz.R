@@ -32,16 +32,20 @@
 # the module is missing. Cheap after the first successful call.
 .pf <- function() {
   if (.pkg$ready) return(.pkg$pyfastopt)
-  res <- tryCatch({
+  # (reticulate prints the Python configuration it tried on stdout: keep it
+  # out of the user's output, the error message says what to do)
+  utils::capture.output(res <- tryCatch({
     reticulate::py_get_attr(.pkg$pyfastopt, "Optimizer")
     TRUE
-  }, error = function(e) e)
+  }, error = function(e) e))
   if (!isTRUE(res)) {
-    stop(paste0(
+    msg <- paste0(
       "pyfastopt: the Python side is not available (Python with the modules ",
       "'torch' and 'pyfastopt').\n", .setup_hint(), "\nreticulate said: ",
-      .clean_py_message(conditionMessage(res))
-    ), call. = FALSE)
+      sub("\n+Detected Python configuration:.*$", "", .clean_py_message(conditionMessage(res)))
+    )
+    stop(structure(class = c("pyfastopt_setup_error", "error", "condition"),
+                   list(message = msg, call = NULL)))
   }
   .register_py_classes()
   .pkg$ready <- TRUE

@@ -1,0 +1,4 @@
+library(testthat)
+library(pyfastopt)
+
+test_check("pyfastopt")

@@ -1,0 +1,45 @@
+test_that("L() builds fastcore Ls", {
+  skip_if_no_pyfastopt()
+  expect_equal(length(L()), 0L)
+  expect_equal(out(L(1, 2, 3)), "[1.0, 2.0, 3.0]")
+  expect_equal(out(L(list(1L, 2L))), "[1, 2]")
+  l <- L(list("a"))
+  expect_equal(out(print(l)), "['a']")
+  expect_equal(out(str(l)), "['a']")
+  expect_equal(length(params4()), 4L)
+  expect_true(inherits(params4(), pyfastopt:::.pkg$L_class))
+})
+
+test_that("[ on L is 0-based list indexing, the same in every reticulate version", {
+  skip_if_no_pyfastopt()
+  params <- params4()
+  expect_equal(out(params[3]), "tensor(3.)")
+  expect_equal(out(params[0]), "tensor(0.)")
+  expect_equal(out(params[-1]), "tensor(3.)")
+  # 0:1 is the index list [0, 1], not the Python slice 0:1
+  expect_equal(out(params[0:1]), "[tensor(0.), tensor(1.)]")
+  expect_equal(out(params[2:3]), "[tensor(2.), tensor(3.)]")
+  expect_equal(out(params[c(3, 0)]), "[tensor(3.), tensor(0.)]")
+  expect_equal(out(params[c(TRUE, FALSE, TRUE, FALSE)]), "[tensor(0.), tensor(2.)]")
+  expect_equal(out(params[[1]]), "tensor(1.)")
+  expect_identical(params[], params)
+  expect_error(params[1.5], "`i` must be a whole number")
+  expect_error(params[9], "L\\[i\\]: IndexError")
+})
+
+test_that("[<- and [[<- on L assign in place; params[3]$grad <- NULL works", {
+  skip_if_no_pyfastopt()
+  params <- params4()
+  same <- params
+  params[3]$grad <- NULL
+  expect_null(params[3]$grad)
+  expect_equal(reticulate::py_id(params), reticulate::py_id(same))
+  params[0] <- tensor(9)
+  expect_equal(out(same[0]), "tensor(9.)")
+  params[[1]] <- tensor(8)
+  expect_equal(out(same[1]), "tensor(8.)")
+  params[0:1] <- list(tensor(5), tensor(6))
+  expect_equal(out(same[0:1]), "[tensor(5.), tensor(6.)]")
+  expect_equal(length(as.list(params)), 4L)
+  expect_equal(out(as.list(params)[[4]]), "tensor(3.)")
+})
