@@ -86,6 +86,10 @@ def test_cuda_state_on_device(name):
 def test_cuda_step_no_host_sync(name):
     n = 3
     init, grads = make_problem(n_steps=n, seed=7, device='cuda')
+    # CPU copies taken first (l2_reg mutates p.grad in place) and device clones made outside the
+    # sync-checked region, so the region holds only grad assignment and opt.step()
+    cpu_grads = [[[None if g is None else g.cpu().clone() for g in gg] for gg in step] for step in grads]
+    dev_grads = [[[None if g is None else g.clone() for g in gg] for gg in step] for step in grads]
     groups = clone_groups(init)
     opt = FACTORIES[name](groups)
     opt.state[groups[NO_WD[0]][NO_WD[1]]]['do_wd'] = False
@@ -93,7 +97,7 @@ def test_cuda_step_no_host_sync(name):
     try:
         torch.cuda.set_sync_debug_mode("error")
         for k in range(n):
-            for grp, gg in zip(groups, grads[k]):
+            for grp, gg in zip(groups, dev_grads[k]):
                 for p, g in zip(grp, gg):
                     p.grad = g
             opt.step()
@@ -101,12 +105,11 @@ def test_cuda_step_no_host_sync(name):
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
     # and it computed the same as a CPU run on the same data
-    cpu_init = [[p.cpu() for p in g] for g in init]
-    cg = clone_groups(cpu_init)
+    cg = clone_groups([[p.cpu() for p in g] for g in init])
     copt = FACTORIES[name](cg)
     copt.state[cg[NO_WD[0]][NO_WD[1]]]['do_wd'] = False
     for k in range(n):
-        set_grads(cg, [[None if g is None else g.cpu() for g in gg] for gg in grads[k]])
+        set_grads(cg, cpu_grads[k])
         copt.step()
     for a, b in zip(cg, groups):
         for x, y in zip(a, b):

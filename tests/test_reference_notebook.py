@@ -63,11 +63,28 @@ def test_01_param_groups():
     assert plain(opt.param_lists) == [[0, 1], [2, 3]]
 
 
+def ts(n):
+    return [torch.tensor([float(i)]) for i in range(n)]
+
+
+def test_01_param_groups_tensors():
+    "#1 with tensors instead of the notebook's ints"
+    t = ts(4)
+    opt = Optimizer(t[:3], noop)
+    assert len(opt.param_lists) == 1 and all(x is y for x, y in zip(opt.param_lists[0], t[:3]))
+    opt = Optimizer([t[:2], t[2:3]], noop)
+    assert [len(g) for g in opt.param_lists] == [2, 1]
+    assert opt.param_lists[1][0] is t[2]
+    opt = Optimizer((t[o:o + 2] for o in range(0, 4, 2)), noop)
+    assert [len(g) for g in opt.param_lists] == [2, 2]
+    assert opt.param_lists[1][1] is t[3]
+
+
 def test_01_param_lists_is_L_of_L():
-    opt = Optimizer([[1, 2], [3]], noop)
+    t = ts(3)
+    opt = Optimizer([t[:2], t[2:]], noop)
     assert isinstance(opt.param_lists, L)
     assert all(isinstance(g, L) for g in opt.param_lists)
-    assert opt.param_lists == [[1, 2], [3]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,8 +103,21 @@ def test_02_defaults_merge():
     assert opt.hypers == [{'lr': 0.1}] * 2
 
 
+def test_02_defaults_merge_tensors():
+    "#2 with tensors instead of the notebook's ints"
+    t = ts(3)
+    opt = Optimizer(t, [tst_arg, tst_arg2, tst_arg3])
+    assert list(opt.hypers[0].items()) == [('lr', 0.01), ('lr2', 0.001), ('mom', 0.9)]
+    opt = Optimizer(t, tst_arg, lr=0.1)
+    assert opt.hypers == [{'lr': 0.1}]
+    opt = Optimizer([t[:2], t[2:]], tst_arg)
+    assert opt.hypers == [{'lr': 1e-2}] * 2
+    opt = Optimizer([t[:2], t[2:]], tst_arg, lr=0.1)
+    assert opt.hypers == [{'lr': 0.1}] * 2
+
+
 def test_02_callback_without_defaults():
-    opt = Optimizer([1, 2, 3], [tst_arg4])
+    opt = Optimizer(ts(3), [tst_arg4])
     assert opt.hypers == [{}]
 
 
@@ -105,10 +135,26 @@ def test_03_hyper_spreading():
     assert pgs == [{'params': [1, 2], 'lr': 1e-4}, {'params': [3], 'lr': 1e-3}, {'params': [4], 'lr': 1e-2}]
 
 
+def test_03_hyper_spreading_tensors():
+    "#3 with tensors instead of the notebook's ints"
+    t = ts(4)
+    opt = Optimizer([t[:2], t[2:3]], tst_arg, lr=[0.1, 0.2])
+    assert opt.hypers == [{'lr': 0.1}, {'lr': 0.2}]
+    groups = [t[:2], t[2:3], t[3:]]
+    opt = Optimizer(groups, tst_arg, lr=slice(1e-2))
+    assert opt.hypers == [{'lr': 1e-3}, {'lr': 1e-3}, {'lr': 1e-2}]
+    opt = Optimizer(groups, tst_arg, lr=slice(1e-4, 1e-2))
+    assert opt.hypers == [{'lr': 1e-4}, {'lr': 1e-3}, {'lr': 1e-2}]
+    pgs = opt.param_groups
+    assert [sorted(pg.keys()) for pg in pgs] == [['lr', 'params']] * 3
+    assert [pg['lr'] for pg in pgs] == [1e-4, 1e-3, 1e-2]
+    assert [len(pg['params']) for pg in pgs] == [2, 1, 1] and pgs[2]['params'][0] is t[3]
+
+
 def test_03_numpy_array_wrong_length_fails():
     with pytest.raises((AssertionError, ValueError),
                        match="Trying to set 2 values for lr but there are 3 parameter groups"):
-        Optimizer([[1, 2], [3], [4]], tst_arg, lr=np.array([0.1, 0.2]))
+        Optimizer([ts(2), ts(1), ts(1)], tst_arg, lr=np.array([0.1, 0.2]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,6 +247,12 @@ def test_12_stat_callback():
     assert torch.equal(x, state['sum'])
     state = tst_stat(x, **state)
     assert torch.equal(state['sum'], 2 * x)
+
+
+def test_12_stat_callback_tensors():
+    "#12's hypers with tensor params"
+    assert Optimizer(ts(3), tst_stat).hypers == [{'mom': 0.9}]
+    assert Optimizer(ts(3), tst_stat, mom=0.99).hypers == [{'mom': 0.99}]
 
 
 def test_12_stat_callback_through_optimizer():

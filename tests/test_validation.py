@@ -121,7 +121,7 @@ def test_duplicate_param(fname):
 def test_sparse_grad_rejected_params_untouched(fname):
     fac = FACTORIES[fname][0]
     a, b, c = P(), P((4., 5., 6.)), P((7., 8., 9.))
-    c.grad = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([0.5, 0.5]), (3,))
+    c.grad = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([0.5, 0.5]), (3,), check_invariants=True)
     opt = fac([a, b, c], lr=0.1)
     before = [a.clone(), b.clone(), c.clone()]
     with pytest.raises((RuntimeError, ValueError, TypeError), match=r"(?i)sparse"):
