@@ -60,18 +60,20 @@ class ChainKernel:
 
     def usable(self, bucket):
         "Can the fused kernel take this bucket's tensors at all (checked once per bucket)?"
-        p0 = bucket.params[0]
+        data, grads = bucket.batch.data, bucket.batch.grad
+        p0 = data[0]
         if p0.dtype not in _FUSED_DTYPES or p0.device.type not in _FUSED_DEVICES:
             return False
-        for p in bucket.params:
-            g = p.grad
+        for p, g in zip(data, grads):
             if g is None or g.dtype != p.dtype or g.device != p.device or g.shape != p.shape \
                     or g.is_sparse or p.is_sparse or type(p.data) is not torch.Tensor \
                     or not p.is_contiguous() or not g.is_contiguous():
                 return False        # the fused kernels walk p, g and state in one memory order
         for v in bucket.state.values():
             if isinstance(v, list):
-                for t, p in zip(v, bucket.params):
+                if len(v) != len(data):
+                    return False
+                for t, p in zip(v, data):
                     if t.dtype != p.dtype or t.device != p.device or t.shape != p.shape \
                             or not t.is_contiguous():
                         return False
@@ -107,7 +109,7 @@ class ChainKernel:
         t = ks.get("step_t")
         if t is None:
             t = ks["step_t"] = torch.zeros((), dtype=torch.float32, device=bucket.params[0].device)
-            ks["steps"] = [t] * len(bucket.params)
+            ks["steps"] = [t] * len(bucket.batch.data)
         t.fill_(step)
         return ks["steps"]
 

@@ -24,6 +24,7 @@ from functools import partial
 import torch
 
 from .foundation import L, even_mults, merge
+from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
 from .kernels import match_chain
 from .tensor_list import ParamBatch, TensorList
 from .validation import HYPER_BOUNDS, as_int, check_hyper
@@ -32,6 +33,9 @@ __all__ = ["Optimizer", "ParamGroup", "HyperLengthError"]
 
 _KEEP_ON_CLEAR = ["force_train", "do_wd"]
 IMPLS = ("auto", "per_param", "multi_tensor")
+FLAT_MAX_NUMEL = 32768      # params up to this size may share a flat bucket (flat.py)
+FLAT_MIN_PARAMS = 8         # ... when at least this many of them share group, device, dtype, state
+FLAT_MAX_TOTAL = 1 << 18    # elements per flat buffer: bounds scratch memory, keeps temporaries in cache
 
 
 class HyperLengthError(ValueError, AssertionError):
@@ -247,6 +251,7 @@ class Optimizer(_BaseOptimizer):
         self._state = defaultdict(dict)
         self._plan = None
         self._fused = True
+        self._flatten = True
         self.impl = "auto"
         self.frozen_idx = 0
         values = {k: self._spread(k, v) for k, v in defaults.items()}
@@ -309,6 +314,19 @@ class Optimizer(_BaseOptimizer):
         if not isinstance(value, bool):
             raise TypeError(f"fused must be True or False, got {value!r}")
         self._fused = value
+
+    @property
+    def flatten(self):
+        """Whether the multi-tensor path may step many small params of built-in steppers as one
+        flat tensor (`flat.py`); their state then lives in flat buffers (each `state[p]` entry a
+        view). Same numbers either way."""
+        return self._flatten
+
+    @flatten.setter
+    def flatten(self, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"flatten must be True or False, got {value!r}")
+        self._flatten = value
 
     def _hyper_bounds(self, k):
         for cb in self.cbs:
@@ -388,19 +406,23 @@ class Optimizer(_BaseOptimizer):
         cbs, hypers = self.cbs, self.hypers
         for b in plan.buckets:
             hyper = hypers[b.group]
-            batch, state, kernel = b.batch, b.state, b.kernel
-            if kernel is not None and kernel(b, {**state, **hyper}):
-                continue
-            for cb in cbs:
-                res = cb(batch, **{**state, **hyper})
-                if isinstance(res, dict):
-                    state.update(res)
+            batch, state, kernel, flat = b.batch, b.state, b.kernel, b.flat
+            if flat is not None:
+                flat.gather()
+            if kernel is None or not kernel(b, {**state, **hyper}):
+                for cb in cbs:
+                    res = cb(batch, **{**state, **hyper})
+                    if isinstance(res, dict):
+                        state.update(res)
+            if flat is not None:
+                flat.scatter()
 
     def _plan_matches(self):
         """Do the params, their grads, the groups and the steppers still match what the buckets
         were built from? O(params) identity checks, a few C-level passes (no Python loop per param)."""
         plan, lists = self._plan, self.param_lists
-        if len(lists) != len(plan.params) or plan.fused != self._fused:
+        if len(lists) != len(plan.params) or plan.fused != self._fused \
+                or plan.flatten != self._flatten:
             return False
         cbs = self.cbs.items if isinstance(self.cbs, L) else list(self.cbs)
         if len(cbs) != len(plan.cbs) or not all(map(operator.is_, cbs, plan.cbs)):
@@ -411,14 +433,17 @@ class Optimizer(_BaseOptimizer):
             if len(items) != len(params) or not all(map(is_, items, params)) \
                     or not all(map(is_, map(get_grad, items), grads)):
                 return False
-        return True
+        return all(b.flat.still_valid() for b in plan.buckets if b.flat is not None)
 
     def _build_plan(self):
         _check_grads(p for pl in self.param_lists for p in pl)
         plan = _Plan()
         plan.cbs = list(self.cbs)
-        plan.fused = self._fused
+        plan.fused, plan.flatten = self._fused, self._flatten
         kernel = match_chain(plan.cbs) if self._fused else None
+        funcs = [_stepper_func(cb) for cb in plan.cbs]
+        flat_ok = self._flatten and flat_safe(funcs)
+        grads_back = any(f in MUTATES_GRAD for f in funcs)
         for gi, pl in enumerate(self.param_lists):
             items = list(pl.items)
             plan.params.append(items)
@@ -428,13 +453,40 @@ class Optimizer(_BaseOptimizer):
                 if p.grad is None:
                     continue
                 st = self._state[p]
-                buckets.setdefault((p.device, p.dtype, _signature(st)), []).append(p)
-            for ps in buckets.values():
-                b = _Bucket(gi, ps, [self._state[p] for p in ps])
-                if kernel is not None and kernel.usable(b):
-                    b.kernel = kernel
-                plan.buckets.append(b)
+                small = flat_ok and p.numel() <= FLAT_MAX_NUMEL and p.grad.shape == p.shape \
+                    and p.grad.dtype == p.dtype
+                buckets.setdefault((p.device, p.dtype, _signature(st), small), []).append(p)
+            for key, ps in buckets.items():
+                for part in (_chunks(ps) if key[-1] and len(ps) >= FLAT_MIN_PARAMS else [ps]):
+                    b = _Bucket(gi, part, [self._state[p] for p in part],
+                                flat=len(part) >= FLAT_MIN_PARAMS and key[-1], grads_back=grads_back)
+                    if kernel is not None and kernel.usable(b):
+                        b.kernel = kernel
+                    plan.buckets.append(b)
         return plan
+
+    @torch.no_grad()
+    def flatten_params(self):
+        """Opt-in, like DDP's `gradient_as_bucket_view`: make the params and grads of every flat
+        bucket (many small params, built-in steppers; see `flatten`) views of one flat buffer per
+        bucket, so that a step copies nothing. Values are kept; `p.data` and `p.grad` are
+        replaced by views. Keep the grads in place afterwards (`zero_grad()`, not
+        `set_to_none=True`), or they are copied again. Returns the number of params moved."""
+        self._invalidate_plan()
+        plan = self._build_plan()
+        moved = 0
+        for b in plan.buckets:
+            fb = b.flat
+            if fb is None or (fb.p_is_view and fb.g_is_view):
+                continue
+            fb.gather()
+            for p, pv, gv in zip(b.params, fb.p_views, fb.g_views):
+                p.data = pv
+                p.grad = gv
+            moved += len(b.params)
+        self._plan = plan
+        self._invalidate_plan()                # rebuilt on the next step, over the views
+        return moved
 
     def _invalidate_plan(self):
         "Write the buckets' state back into each param's state dict, then drop the buckets."
@@ -568,10 +620,11 @@ class Optimizer(_BaseOptimizer):
 
 class _Plan:
     "The buckets of one step, and the params, grads and steppers they were built from."
-    __slots__ = ("params", "grads", "buckets", "cbs", "fused")
+    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten")
 
     def __init__(self):
-        self.params, self.grads, self.buckets, self.cbs, self.fused = [], [], [], [], True
+        self.params, self.grads, self.buckets, self.cbs = [], [], [], []
+        self.fused = self.flatten = True
 
 
 class _Bucket:
@@ -580,21 +633,46 @@ class _Bucket:
     `state` holds, per key, either a TensorList (one value per param) or one value for all.
     `kernel` is the chain kernel (`kernels.py`) that steps it, if any; `kernel_state` its scratch
     (e.g. the step tensor the fused kernels read), never part of the params' state."""
-    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state")
+    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat")
 
-    def __init__(self, group, params, states):
+    def __init__(self, group, params, states, flat=False, grads_back=False):
         self.group, self.params = group, params
-        self.kernel, self.kernel_state = None, {}
+        self.kernel, self.kernel_state, self.flat = None, {}, None
+        if flat:
+            fb = FlatBucketData(params, grads_back)
+            state = fb.flatten_state(states)
+            if state is not None:
+                self.flat, self.batch, self.state = fb, fb.batch(), state
+                return
         self.batch = ParamBatch(params, [p.grad for p in params])
         first = states[0]
         self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor) else v)
                       for k, v in first.items()}
 
     def write_back(self, states):
+        if self.flat is not None:
+            sts = [states[p] for p in self.params]
+            for k, v in self.state.items():
+                self.flat.unflatten(k, v, sts)
+            return
         for i, p in enumerate(self.params):
             st = states[p]
             for k, v in self.state.items():
                 st[k] = v[i] if isinstance(v, TensorList) else v
+
+
+def _chunks(ps):
+    "Split a flat bucket's params so that no flat buffer exceeds FLAT_MAX_TOTAL elements."
+    out, cur, n = [], [], 0
+    for p in ps:
+        if cur and n + p.numel() > FLAT_MAX_TOTAL:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(p)
+        n += p.numel()
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _signature(state):

@@ -178,6 +178,8 @@ class ParamBatch:
 
 def zeros_like(x):
     "A zero tensor like `x`, or a TensorList of them."
+    if hasattr(x, "_zeros_like"):       # a flat bucket's FlatList (flat.py) stays flat
+        return x._zeros_like()
     if isinstance(x, list):
         return TensorList(torch.zeros_like(t, memory_format=torch.preserve_format) for t in x)
     return torch.zeros_like(x, memory_format=torch.preserve_format)
@@ -190,6 +192,8 @@ def norm(x):
 
 def rms(x):
     "Root mean square of a tensor, or of each tensor of a TensorList."
+    if hasattr(x, "_rms"):              # per param, on a flat bucket (flat.py)
+        return x._rms()
     if isinstance(x, TensorList):
         return TensorList(torch._foreach_div(torch._foreach_norm(x),
                                              [math.sqrt(t.numel()) for t in x]))
@@ -198,6 +202,8 @@ def rms(x):
 
 def softplus(x, beta):
     "`F.softplus(x, beta)` on a tensor or on each tensor of a TensorList."
+    if hasattr(x, "_softplus"):
+        return x._softplus(beta)
     if isinstance(x, TensorList):
         return TensorList(F.softplus(t, beta) for t in x)
     return F.softplus(x, beta)
@@ -215,6 +221,8 @@ def _clip_one(lr, local_lr):
 
 def clip_lr(lr, local_lr):
     "`min(lr, local_lr)` per tensor (see `_clip_one` for the device rule)."
+    if hasattr(local_lr, "_clip_lr"):   # one value per param of a flat bucket (flat.py)
+        return local_lr._clip_lr(lr)
     if isinstance(local_lr, list):
         return TensorList(_clip_one(lr, t) for t in local_lr)
     return _clip_one(lr, local_lr)
@@ -227,6 +235,8 @@ def _trust_one(r1, r2, cap):
 
 def trust_ratio(r1, r2, cap=10):
     "LAMB's `1 if r1 == 0 or r2 == 0 else min(r1/r2, cap)`, computed on the device (no sync)."
+    if hasattr(r1, "_trust_ratio"):
+        return r1._trust_ratio(r2, cap)
     if isinstance(r1, list):
         return TensorList(_trust_one(a, b, cap) for a, b in zip(r1, r2))
     return _trust_one(r1, r2, cap)

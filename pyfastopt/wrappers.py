@@ -53,6 +53,7 @@ class Lookahead(Optimizer):
     param_groups = _forward("param_groups", "The wrapped optimizer's param groups (torch view).")
     impl = _forward("impl", "How the wrapped optimizer steps.")
     fused = _forward("fused", "Whether the wrapped optimizer may use chain kernels.")
+    flatten = _forward("flatten", "Whether the wrapped optimizer may use flat buckets.")
     cbs = _forward("cbs", "The wrapped optimizer's steppers.")
     defaults = _forward("defaults", "The wrapped optimizer's defaults.")
 

@@ -12,7 +12,7 @@ import pyfastopt as po
 from pyfastopt import kernels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-SHAPES = [(3, 4), (5,), (2, 3, 3), (7,), (1,), (4, 6)]
+SHAPES = [(3, 4), (5,), (2, 3, 3), (7,), (1,), (4, 6), (3,), (2, 2), (9,), (5, 1), (6,)] * 2
 
 FACTORIES = {
     "SGD": lambda ps: po.SGD(ps, lr=0.1),
@@ -31,7 +31,7 @@ FACTORIES = {
     "Lamb": lambda ps: po.Lamb(ps, lr=0.01, wd=0.01),
     "ranger": lambda ps: po.ranger(ps, lr=0.01, k=3),
 }
-MODES = ("per_param", "generic", "fast")
+MODES = ("per_param", "generic", "fast", "flat_generic", "list_fused")
 
 
 def make_params(dtype, device, n_groups=2):
@@ -41,7 +41,7 @@ def make_params(dtype, device, n_groups=2):
     ps.append(torch.randn(6, 4, generator=g, dtype=torch.float64).to(device, dtype).t())  # non-contiguous
     if n_groups == 1:
         return ps
-    return [ps[:3], ps[3:]]
+    return [ps[:10], ps[10:]]
 
 
 def flat(params):
@@ -51,11 +51,15 @@ def flat(params):
 def set_mode(opt, mode):
     if mode == "per_param":
         opt.impl = "per_param"
-    elif mode == "generic":
+    elif mode == "generic":              # the steppers on TensorLists, no kernel, no flat bucket
+        opt.fused, opt.flatten = False, False
+    elif mode == "flat_generic":         # the steppers on flat buckets
         opt.fused = False
+    elif mode == "list_fused":           # chain kernels on tensor lists
+        opt.flatten = False
 
 
-def run(name, mode, dtype=torch.float64, device="cpu", steps=14, none_grad_every=4):
+def run(name, mode, dtype=torch.float64, device="cpu", steps=14, none_grad_every=7):
     params = make_params(dtype, device)
     opt = FACTORIES[name](params)
     set_mode(opt, mode)
@@ -65,7 +69,7 @@ def run(name, mode, dtype=torch.float64, device="cpu", steps=14, none_grad_every
     g = torch.Generator().manual_seed(1)
     for i in range(steps):
         for j, p in enumerate(ps):
-            if (i + j) % none_grad_every == 0:
+            if (i + j) % none_grad_every == 0 or (j == 3 and i % 3 == 0):
                 p.grad = None
             else:
                 p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(device, dtype)
@@ -96,7 +100,7 @@ def same_state(o1, o2, ps1, ps2, dtype):
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_paths_agree(name, dtype, device):
     ref_ps, ref = run(name, "per_param", dtype, device)
-    for mode in ("generic", "fast"):
+    for mode in MODES[1:]:
         ps, opt = run(name, mode, dtype, device)
         for a, b in zip(ref_ps, ps):
             close(b, a, dtype)
@@ -165,7 +169,8 @@ def test_tensor_hyper_falls_back():
 @pytest.mark.parametrize("name", ["Adam", "SGD_mom", "RAdam", "Lamb", "ranger"])
 def test_state_dict_moves_between_paths(name):
     "Train on one path, checkpoint, load into another path: same numbers as never switching."
-    for a, b in [("fast", "per_param"), ("per_param", "fast"), ("generic", "fast")]:
+    for a, b in [("fast", "per_param"), ("per_param", "fast"), ("generic", "fast"),
+                 ("flat_generic", "list_fused")]:
         ref_ps, ref = run(name, "per_param", steps=10)
         ps1, o1 = run(name, a, steps=6)
         buf = io.BytesIO()
@@ -173,7 +178,7 @@ def test_state_dict_moves_between_paths(name):
         buf.seek(0)
         sd = torch.load(buf, weights_only=True)
         ps2 = [p.detach().clone() for p in ps1]
-        o2 = FACTORIES[name]([ps2[:3], ps2[3:]])
+        o2 = FACTORIES[name]([ps2[:10], ps2[10:]])
         o2.load_state_dict(sd)
         set_mode(o2, b)
         g = torch.Generator().manual_seed(1)
@@ -181,7 +186,7 @@ def test_state_dict_moves_between_paths(name):
         for i in range(10):
             grads = []
             for j, p in enumerate(ps2):
-                grads.append(None if (i + j) % 4 == 0 else
+                grads.append(None if (i + j) % 7 == 0 or (j == 3 and i % 3 == 0) else
                              torch.randn(p.shape, generator=g, dtype=torch.float64))
             if i < 6:
                 continue
@@ -191,6 +196,25 @@ def test_state_dict_moves_between_paths(name):
         if name != "ranger":       # ranger's slow weights are not moved here
             for x, y in zip(ref_ps, ps2):
                 close(y, x, torch.float64)
+
+
+def test_flat_buckets_used_and_state_views():
+    "Many small params go to a flat bucket; their state entries are views of one flat buffer."
+    ps = [torch.randn(10) for _ in range(20)]
+    for p in ps:
+        p.grad = torch.randn(10)
+    opt = po.Lamb(ps, lr=0.01)
+    opt.step()
+    assert len(opt._plan.buckets) == 1 and opt._plan.buckets[0].flat is not None
+    opt.step()
+    st = opt.state
+    base = st[ps[0]]["grad_avg"]._base
+    assert base is not None and all(st[p]["grad_avg"]._base is base for p in ps)
+    opt.step()                                 # rebuilt from the views without copying
+    assert opt._plan.buckets[0].state["grad_avg"][0] is base
+    m = st[ps[5]]["grad_avg"].clone()
+    opt.step()
+    assert not torch.equal(st[ps[5]]["grad_avg"], m)
 
 
 def test_state_objects_are_live():
@@ -277,3 +301,31 @@ def test_cuda_no_sync_per_param(name):
             opt.step()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("name", ["Adam", "RMSProp", "Lamb", "Larc", "QHAdam", "SGD_mom_l2"])
+def test_flatten_params_opt_in(name):
+    "After flatten_params() params and grads are views of flat buffers, trained through autograd,"
+    " and the numbers are the per-param path's."
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(6)]) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    x = torch.randn(3, 6)
+    opts = [FACTORIES[name](list(n.parameters())) for n in nets]
+    opts[1].impl = "per_param"
+    for n in nets:
+        n(x).pow(2).sum().backward()
+    assert opts[0].flatten_params() == 12
+    for _ in range(6):
+        for n, o in zip(nets, opts):
+            o.step()
+            o.zero_grad()
+            n(x).pow(2).sum().backward()
+        fb = opts[0]._plan.buckets[0].flat
+        assert fb is not None and fb.p_is_view and fb.g_is_view
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    p = next(nets[0].parameters())             # replacing p.data is noticed
+    p.data = p.data.clone()
+    opts[0].step()
+    assert not opts[0]._plan.buckets[0].flat.p_is_view
