@@ -191,16 +191,10 @@ def test_single_tensor_not_iterated():
 
 
 def test_tuple_is_not_a_group():
-    opt = Optimizer([(1, 2), (3,)], noop)
-    assert len(opt.param_lists) == 1
-    assert list(opt.param_lists[0]) == [(1, 2), (3,)]
-
-
-def test_only_first_element_decides_groups():
-    "spec §2.1: `[[1,2],3]` -> `[[1,2],[3]]` (ints as in the spec)"
-    opt = Optimizer([[1, 2], 3], noop)
-    assert [list(g) for g in opt.param_lists] == [[1, 2], [3]]
-    assert len(opt.hypers) == 2
+    "spec §2.1: tuples are not groups; fastai took them as params, pyfastopt refuses non-tensors"
+    a, b, c = P(), P(), P()
+    with pytest.raises(TypeError, match="params must be tensors, got tuple"):
+        Optimizer([(a, b), (c,)], noop)
 
 
 def test_only_first_element_decides_groups_tensors():
