@@ -13,10 +13,6 @@
 #'
 #' @param ... Items, or one R list (or Python iterable) of items; named
 #'   arguments (`use_list`, `match`) go to Python.
-#' @param x An `L`.
-#' @param i A 0-based index: a number, a vector of numbers, or a logical mask.
-#' @param value The new item(s).
-#' @param object An `L`.
 #' @return `L()` returns a Python `L`; `[` an item (one index) or an `L`.
 #' @export
 #' @examples
