@@ -23,7 +23,7 @@ if ! git diff --quiet -- r-pkg/NAMESPACE r-pkg/man 2>/dev/null; then
 fi
 bash scripts/r-sync-vignettes.sh
 
-out=$root/out/check
+out=${PYFASTOPT_OUT:-$root/out}/check
 rm -rf "$out"; mkdir -p "$out"
 cd "$out"
 t0=$(date +%s)
@@ -36,7 +36,7 @@ t2=$(date +%s)
 log=pyfastopt.Rcheck/00check.log
 grep -E "^\* checking .*\.\.\. (NOTE|WARNING|ERROR)" -A8 "$log" || true
 tail -n 3 "$log"
-echo "r-check: build $((t1 - t0)) s, check $((t2 - t1)) s; log in out/check/$log"
+echo "r-check: build $((t1 - t0)) s, check $((t2 - t1)) s; log in $out/$log"
 if [ $status -ne 0 ] || grep -qE "^Status: .*(WARNING|ERROR)" "$log"; then
   echo "r-check: FAILED" >&2
   [ -f pyfastopt.Rcheck/tests/testthat.Rout.fail ] && tail -n 40 pyfastopt.Rcheck/tests/testthat.Rout.fail >&2

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Render the vignettes (vignettes/*.Rmd) to HTML under out/html with the R
+# Render the vignettes (vignettes/*.Rmd) to HTML under out/html (or
+# $PYFASTOPT_OUT/html) with the R
 # package installed from r-pkg/ into out/Rlib, then compare what every chunk of
 # optimizer.Rmd printed with the reference page (scripts/r-compare-chunks.R).
 # Needs R (scripts/setup.sh) and the project's Python (.venv, or
@@ -9,7 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export RETICULATE_PYTHON=${RETICULATE_PYTHON:-$root/.venv/bin/python}
 [ -x "$RETICULATE_PYTHON" ] || { echo "render-vignettes: no Python at $RETICULATE_PYTHON (run scripts/setup.sh)" >&2; exit 1; }
-out=$root/out
+out=${PYFASTOPT_OUT:-$root/out}
 lib=$out/Rlib
 mkdir -p "$lib"
 if ! bash "$root/scripts/r-install.sh" "$lib" >"$out/r-install.log" 2>&1; then
@@ -29,7 +30,7 @@ for rmd in "$root"/vignettes/*.Rmd; do
   end=$(date +%s%N)
   rm -rf "$work"
   ms=$(( (end - start) / 1000000 ))
-  printf 'rendered %s -> out/html/%s.html in %d.%03d s\n' "$name" "$name" $((ms / 1000)) $((ms % 1000))
+  printf 'rendered %s -> %s/html/%s.html in %d.%03d s\n' "$name" "$out" "$name" $((ms / 1000)) $((ms % 1000))
 done
 ref=""
 for c in "$root/shared/reference/000_9c18b15ab63a52c6.txt" "$root/../shared/reference/000_9c18b15ab63a52c6.txt"; do
