@@ -35,6 +35,7 @@ _KEEP_ON_CLEAR = ["force_train", "do_wd"]
 IMPLS = ("auto", "per_param", "multi_tensor")
 FLAT_MAX_NUMEL = 32768      # params up to this size may share a flat bucket (flat.py)
 FLAT_MIN_PARAMS = 8         # ... when at least this many of them share group, device, dtype, state
+LIST_MAX_TOTAL = 1 << 20    # elements per bucket of a chain run without a kernel (temporaries)
 FLAT_MAX_TOTAL = 1 << 18    # elements per flat buffer: bounds scratch memory, keeps temporaries in cache
 
 
@@ -457,7 +458,11 @@ class Optimizer(_BaseOptimizer):
                     and p.grad.dtype == p.dtype
                 buckets.setdefault((p.device, p.dtype, _signature(st), small), []).append(p)
             for key, ps in buckets.items():
-                for part in (_chunks(ps) if key[-1] and len(ps) >= FLAT_MIN_PARAMS else [ps]):
+                flat = key[-1] and len(ps) >= FLAT_MIN_PARAMS
+                # without a kernel, the chain's list-sized temporaries are bounded by chunking
+                parts = _chunks(ps, FLAT_MAX_TOTAL) if flat else \
+                    [ps] if kernel is not None else _chunks(ps, LIST_MAX_TOTAL)
+                for part in parts:
                     b = _Bucket(gi, part, [self._state[p] for p in part],
                                 flat=len(part) >= FLAT_MIN_PARAMS and key[-1], grads_back=grads_back)
                     if kernel is not None and kernel.usable(b):
@@ -661,11 +666,11 @@ class _Bucket:
                 st[k] = v[i] if isinstance(v, TensorList) else v
 
 
-def _chunks(ps):
-    "Split a flat bucket's params so that no flat buffer exceeds FLAT_MAX_TOTAL elements."
+def _chunks(ps, cap):
+    "Split a bucket's params into runs of at most `cap` elements (a larger param stands alone)."
     out, cur, n = [], [], 0
     for p in ps:
-        if cur and n + p.numel() > FLAT_MAX_TOTAL:
+        if cur and n + p.numel() > cap:
             out.append(cur)
             cur, n = [], 0
         cur.append(p)
