@@ -48,9 +48,12 @@
                    list(message = msg, call = NULL)))
   }
   .register_py_classes()
+  .pkg$under_rpy2 <- .rpy2_exit_fix()
   .pkg$ready <- TRUE
   .pkg$pyfastopt
 }
+
+
 
 .torch <- function() {
   .pf()
