@@ -90,6 +90,8 @@
     registerS3method(g, cls, get(paste0(g, ".pyfastopt_L"), envir = ns), envir = ns)
   }
   .pkg$L_class <- cls
+  opt_cls <- .r_class_of(reticulate::py_get_attr(.pkg$pyfastopt, "Optimizer"))
+  registerS3method("$", opt_cls, get("$.pyfastopt_optimizer", envir = ns), envir = ns)
   invisible(cls)
 }
 

@@ -239,3 +239,24 @@ test_that("R defaults are Python's defaults", {
     }
   }
 })
+
+test_that("opt$step and opt$zero_grad are cached per object and behave like reticulate's", {
+  skip_if_no_pyfastopt()
+  params <- params4()
+  opt <- SGD(params, lr = 0.1)
+  s1 <- opt$step
+  expect_identical(opt$step, s1)
+  expect_null(opt$step())
+  expect_invisible(opt$step())
+  expect_equal(sapply(params$items, vals), c(0, 0.98, 1.96, 2.94), tolerance = 1e-6)
+  opt2 <- opt   # the same Python object, the same R reference
+  opt2$zero_grad()
+  expect_equal(sapply(params$items, function(p) vals(p$grad)), c(0, 0, 0, 0))
+  # arguments still go through reticulate
+  expect_equal(opt$step(function() 3), 3)
+  # other attributes are untouched
+  expect_equal(opt$frozen_idx, 0L)
+  la <- Lookahead(SGD(tst_param(1), lr = 0.1))
+  la$step()
+  expect_equal(la$count, 1L)
+})
