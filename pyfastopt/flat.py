@@ -2,9 +2,13 @@
 
 With thousands of small tensors every `torch._foreach_*` op costs about a microsecond per tensor,
 however little work it does. A flat bucket lays its params end to end: the state lives in one flat
-buffer per key (each param's `opt.state[p][key]` is a view of it), and each step copies the
-params and grads into flat scratch buffers, runs the stepper chain (or a chain kernel) once on
-the flat tensors, and copies the params back. So every op of the chain is one big vectorised op.
+buffer per key (each param's `opt.state[p][key]` is a view of it), and the stepper chain (or a
+chain kernel) runs once on the flat tensors, so every op of the chain is one big vectorised op.
+
+A step uses a flat bucket only over params and grads that already are consecutive views of one
+buffer (`Optimizer.flatten_params()`, opt-in), so it keeps no scratch copies (`views_only`);
+`flatten_params()` itself builds them with scratch once, to gather the values into the buffer.
+On CPU the native list kernels (`native.py`) step such buckets without flattening at all.
 
 The steppers' math is not rewritten: they run on a `FlatList` (a TensorList of one flat tensor,
 that knows the params' segments). Elementwise ops are the same; the few per-param reductions
@@ -158,18 +162,22 @@ class FlatBucketData:
 
     When the params (or grads) already are consecutive views of one buffer — after
     `Optimizer.flatten_params()` — that buffer is used directly and nothing is copied."""
-    __slots__ = ("seg", "flat_p", "flat_g", "p_views", "g_views", "params", "grads", "ptrs",
+    __slots__ = ("seg", "flat_p", "flat_g", "p_views", "g_views", "params", "grads", "ptrs", "gptrs",
                  "p_flat_src", "p_src", "g_flat_src", "grads_back", "p_is_view", "g_is_view")
 
-    def __init__(self, params, grads_back):
+    def __init__(self, params, grads_back, views_only=False):
         self.params = params
         self.grads = [p.grad for p in params]
         p0 = params[0]
         self.seg = seg = Segments(params)
         pdata = [p.data for p in params]
         self.ptrs = [p.data_ptr() for p in params]
+        self.gptrs = [g.data_ptr() for g in self.grads]
         base_p, base_g = _storage_view(pdata, seg), _storage_view(self.grads, seg)
         self.p_is_view, self.g_is_view = base_p is not None, base_g is not None
+        if views_only and not (self.p_is_view and self.g_is_view):
+            self.flat_p = None             # not flat: the caller steps these params as a list
+            return
         self.flat_p = base_p if self.p_is_view else \
             torch.empty(seg.total, dtype=p0.dtype, device=p0.device)
         self.flat_g = base_g if self.g_is_view else \
@@ -208,8 +216,9 @@ class FlatBucketData:
             torch._foreach_copy_(self.grads, self.g_views)
 
     def still_valid(self):
-        "The params' storage has not been swapped (`p.data = ...`) since the bucket was built."
-        return all(map(operator.eq, map(torch.Tensor.data_ptr, self.params), self.ptrs))
+        "No param's or grad's storage was swapped (`p.data = ...`) since the bucket was built."
+        return all(map(operator.eq, map(torch.Tensor.data_ptr, self.params), self.ptrs)) and \
+            all(map(operator.eq, map(torch.Tensor.data_ptr, self.grads), self.gptrs))
 
     def flatten_state(self, states):
         """The bucket state from the params' state dicts: tensors of the params' shapes become one

@@ -25,6 +25,7 @@ import torch
 
 from .foundation import L, even_mults, merge
 from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
+from . import native
 from .kernels import match_chain
 from .tensor_list import ParamBatch, TensorList
 from .validation import HYPER_BOUNDS, as_int, check_hyper
@@ -436,12 +437,20 @@ class Optimizer(_BaseOptimizer):
                 return False
         return all(b.flat.still_valid() for b in plan.buckets if b.flat is not None)
 
-    def _build_plan(self):
+    def _build_plan(self, for_flatten=False):
+        """Buckets of params of one group, device, dtype and scalar state. A built-in chain runs
+        its CPU float32/float64 buckets with one native call (`native.py`), other buckets with a
+        torch fused kernel where one exists (`kernels.py`), else the steppers on TensorLists.
+        Flat buckets (`flat.py`) are used only over params and grads that already are views of
+        one buffer (after `flatten_params()`), so a step keeps no scratch copies;
+        `for_flatten` builds them with scratch, for `flatten_params()` to gather into."""
         _check_grads(p for pl in self.param_lists for p in pl)
         plan = _Plan()
         plan.cbs = list(self.cbs)
         plan.fused, plan.flatten = self._fused, self._flatten
         kernel = match_chain(plan.cbs) if self._fused else None
+        nk = native.match_chain(plan.cbs) if self._fused and not for_flatten \
+            and native.available() else None
         funcs = [_stepper_func(cb) for cb in plan.cbs]
         flat_ok = self._flatten and flat_safe(funcs)
         grads_back = any(f in MUTATES_GRAD for f in funcs)
@@ -454,18 +463,22 @@ class Optimizer(_BaseOptimizer):
                 if p.grad is None:
                     continue
                 st = self._state[p]
-                small = flat_ok and p.numel() <= FLAT_MAX_NUMEL and p.grad.shape == p.shape \
-                    and p.grad.dtype == p.dtype
-                buckets.setdefault((p.device, p.dtype, _signature(st), small), []).append(p)
+                nat = nk is not None and native.param_ok(p)
+                small = not nat and flat_ok and p.numel() <= FLAT_MAX_NUMEL \
+                    and p.grad.shape == p.shape and p.grad.dtype == p.dtype
+                buckets.setdefault((p.device, p.dtype, _signature(st), small, nat), []).append(p)
             for key, ps in buckets.items():
-                flat = key[-1] and len(ps) >= FLAT_MIN_PARAMS
-                # without a kernel, the chain's list-sized temporaries are bounded by chunking
-                parts = _chunks(ps, FLAT_MAX_TOTAL) if flat else \
+                small, nat = key[-2], key[-1]
+                # a kernel has no list-sized temporaries; the chain's are bounded by chunking
+                parts = [ps] if nat else _chunks(ps, FLAT_MAX_TOTAL) if small else \
                     [ps] if kernel is not None else _chunks(ps, LIST_MAX_TOTAL)
                 for part in parts:
                     b = _Bucket(gi, part, [self._state[p] for p in part],
-                                flat=len(part) >= FLAT_MIN_PARAMS and key[-1], grads_back=grads_back)
-                    if kernel is not None and kernel.usable(b):
+                                flat=small and len(part) >= FLAT_MIN_PARAMS,
+                                grads_back=grads_back, views_only=not for_flatten)
+                    if nat and nk.usable(b):
+                        b.kernel = nk
+                    elif kernel is not None and kernel.usable(b):
                         b.kernel = kernel
                     plan.buckets.append(b)
         return plan
@@ -478,7 +491,7 @@ class Optimizer(_BaseOptimizer):
         replaced by views. Keep the grads in place afterwards (`zero_grad()`, not
         `set_to_none=True`), or they are copied again. Returns the number of params moved."""
         self._invalidate_plan()
-        plan = self._build_plan()
+        plan = self._build_plan(for_flatten=True)
         moved = 0
         for b in plan.buckets:
             fb = b.flat
@@ -640,12 +653,12 @@ class _Bucket:
     (e.g. the step tensor the fused kernels read), never part of the params' state."""
     __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat")
 
-    def __init__(self, group, params, states, flat=False, grads_back=False):
+    def __init__(self, group, params, states, flat=False, grads_back=False, views_only=True):
         self.group, self.params = group, params
         self.kernel, self.kernel_state, self.flat = None, {}, None
         if flat:
-            fb = FlatBucketData(params, grads_back)
-            state = fb.flatten_state(states)
+            fb = FlatBucketData(params, grads_back, views_only)
+            state = fb.flatten_state(states) if fb.flat_p is not None else None
             if state is not None:
                 self.flat, self.batch, self.state = fb, fb.batch(), state
                 return
@@ -660,9 +673,11 @@ class _Bucket:
             for k, v in self.state.items():
                 self.flat.unflatten(k, v, sts)
             return
+        items = [(k, v.unpack() if isinstance(v, native.LocalLR) else v)
+                 for k, v in self.state.items()]
         for i, p in enumerate(self.params):
             st = states[p]
-            for k, v in self.state.items():
+            for k, v in items:
                 st[k] = v[i] if isinstance(v, TensorList) else v
 
 

@@ -1,8 +1,10 @@
 """The fast paths (chain kernels, multi-tensor buckets) give the per-parameter reference's numbers
 and the same state, for every built-in optimizer; the step plan follows changes to params, grads,
 groups and steppers; state does not grow. Runs on CUDA too when a GPU is present."""
+import contextlib
 import copy
 import io
+import os
 from functools import partial
 
 import pytest
@@ -31,7 +33,21 @@ FACTORIES = {
     "Lamb": lambda ps: po.Lamb(ps, lr=0.01, wd=0.01),
     "ranger": lambda ps: po.ranger(ps, lr=0.01, k=3),
 }
-MODES = ("per_param", "generic", "fast", "flat_generic", "list_fused")
+MODES = ("per_param", "generic", "fast", "flat_generic", "list_fused", "torch_fused")
+
+
+@contextlib.contextmanager
+def native_off():
+    "Native kernels disabled (PYFASTOPT_NATIVE=0): the torch paths run."
+    old = os.environ.get("PYFASTOPT_NATIVE")
+    os.environ["PYFASTOPT_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYFASTOPT_NATIVE"]
+        else:
+            os.environ["PYFASTOPT_NATIVE"] = old
 
 
 def make_params(dtype, device, n_groups=2):
@@ -55,11 +71,18 @@ def set_mode(opt, mode):
         opt.fused, opt.flatten = False, False
     elif mode == "flat_generic":         # the steppers on flat buckets
         opt.fused = False
-    elif mode == "list_fused":           # chain kernels on tensor lists
-        opt.flatten = False
+    elif mode in ("list_fused", "torch_fused"):  # chain kernels on tensor lists
+        opt.flatten = False                          # (torch_fused: with native kernels off)
 
 
 def run(name, mode, dtype=torch.float64, device="cpu", steps=14, none_grad_every=7):
+    if mode == "torch_fused":
+        with native_off():
+            return _run(name, mode, dtype, device, steps, none_grad_every)
+    return _run(name, mode, dtype, device, steps, none_grad_every)
+
+
+def _run(name, mode, dtype, device, steps, none_grad_every):
     params = make_params(dtype, device)
     opt = FACTORIES[name](params)
     set_mode(opt, mode)
@@ -199,11 +222,16 @@ def test_state_dict_moves_between_paths(name):
 
 
 def test_flat_buckets_used_and_state_views():
-    "Many small params go to a flat bucket; their state entries are views of one flat buffer."
+    "After flatten_params() (and with no native kernel: fused off) many small params go to a"
+    " flat bucket; their state entries are views of one flat buffer. Without it: no flat bucket."
     ps = [torch.randn(10) for _ in range(20)]
     for p in ps:
         p.grad = torch.randn(10)
     opt = po.Lamb(ps, lr=0.01)
+    opt.fused = False
+    opt.step()
+    assert all(b.flat is None for b in opt._plan.buckets)     # no scratch copies without opt-in
+    assert opt.flatten_params() == 20
     opt.step()
     assert len(opt._plan.buckets) == 1 and opt._plan.buckets[0].flat is not None
     opt.step()
@@ -303,10 +331,20 @@ def test_cuda_no_sync_per_param(name):
         torch.cuda.set_sync_debug_mode(0)
 
 
+@pytest.mark.parametrize("use_native", [True, False])
 @pytest.mark.parametrize("name", ["Adam", "RMSProp", "Lamb", "Larc", "QHAdam", "SGD_mom_l2"])
-def test_flatten_params_opt_in(name):
+def test_flatten_params_opt_in(name, use_native):
     "After flatten_params() params and grads are views of flat buffers, trained through autograd,"
-    " and the numbers are the per-param path's."
+    " and the numbers are the per-param path's (native list kernels over the views, or a flat"
+    " bucket when no native kernel runs)."
+    if use_native and not po.native.available():
+        pytest.skip("no native kernels (no C compiler)")
+    ctx = contextlib.nullcontext() if use_native else native_off()
+    with ctx:
+        _flatten_params_opt_in(name, use_native)
+
+
+def _flatten_params_opt_in(name, use_native):
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(6)]) for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
@@ -321,11 +359,17 @@ def test_flatten_params_opt_in(name):
             o.step()
             o.zero_grad()
             n(x).pow(2).sum().backward()
-        fb = opts[0]._plan.buckets[0].flat
-        assert fb is not None and fb.p_is_view and fb.g_is_view
+        b0 = opts[0]._plan.buckets[0]
+        if use_native:
+            assert b0.flat is None and isinstance(b0.kernel, po.native.NativeKernel)
+            ptrs = {q.untyped_storage().data_ptr() for q in nets[0].parameters()}
+            assert len(ptrs) == 1                # params stay views of one buffer
+        else:
+            fb = b0.flat
+            assert fb is not None and fb.p_is_view and fb.g_is_view
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     p = next(nets[0].parameters())             # replacing p.data is noticed
     p.data = p.data.clone()
     opts[0].step()
-    assert not opts[0]._plan.buckets[0].flat.p_is_view
+    assert opts[0]._plan.buckets[0].flat is None   # not views any more: a list bucket

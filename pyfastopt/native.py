@@ -1,0 +1,585 @@
+"""Native CPU kernels for the built-in stepper chains (`csrc/pyfastopt_kernels.c`).
+
+A chain run as torch ops makes several memory passes with temporaries, and on a bucket of many
+small tensors every `torch._foreach_*` op costs about a microsecond per tensor. The C source has
+one function per built-in chain that updates each element of each tensor of a bucket in one pass
+(two for Larc and Lamb, which need per-tensor norms first), in the tensor's own precision and in
+the order of the steppers' torch ops, so the numbers are the chain's.
+
+The source is compiled at first use with the system C compiler (`$CC`, else `cc`, `gcc` or
+`clang`) into `$PYFASTOPT_CACHE` (default `~/.cache/pyfastopt/`), under a name keyed by a hash of
+the source, the flags, the compiler and the CPU, written atomically, and loaded with ctypes. No
+compiler, a failed compile (one warning) or `PYFASTOPT_NATIVE=0` leave everything on the torch
+paths, with the same numbers.
+
+`match_chain(cbs)` returns the `NativeKernel` for a chain, or None. A kernel runs a CPU bucket of
+contiguous float32/float64 tensors whose hypers are plain numbers; it reads and writes the state
+the chain would (`grad_avg`, `sqr_avg` per-param tensors, `step` an int, Larc's `local_lr`).
+"""
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from functools import partial
+
+import torch
+
+from . import steppers as S
+from .tensor_list import TensorList
+
+__all__ = ["available", "enabled", "load", "match_chain", "NativeKernel", "compile_info"]
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "pyfastopt_kernels.c")
+CFLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off",
+          "-fno-math-errno"]
+F_DECAY, F_L2, F_MOM, F_RECT, F_CLIP, F_EPS = 1, 2, 4, 8, 16, 32
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_lib = None            # the loaded library, False once loading failed (never retried)
+_warned = False
+compile_info = {}      # what the last load did: path, compiled (bool), seconds
+
+
+def enabled():
+    "Native kernels are on unless `PYFASTOPT_NATIVE=0` (read at each plan build)."
+    return os.environ.get("PYFASTOPT_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def find_compiler():
+    cc = os.environ.get("CC")
+    if cc and shutil.which(cc.split()[0]):
+        return cc.split()
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return [path]
+    return None
+
+
+def _cache_dir():
+    d = os.environ.get("PYFASTOPT_CACHE")
+    return d if d else os.path.join(os.path.expanduser("~"), ".cache", "pyfastopt")
+
+
+def _cpu_id():
+    "What -march=native depends on: the CPU model and its flags."
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f.read().splitlines()[:40]
+                     if ln.startswith(("model name", "flags"))]
+        return "\n".join(lines[:2])
+    except OSError:
+        return platform.processor()
+
+
+def _warn(msg):
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"pyfastopt: native CPU kernels unavailable ({msg}); using the torch paths "
+                      "(same numbers). Set PYFASTOPT_NATIVE=0 to silence.", RuntimeWarning,
+                      stacklevel=3)
+
+
+def _compile(cc, src_text, out):
+    d = os.path.dirname(out)
+    os.makedirs(d, exist_ok=True)
+    fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=d)
+    tmp_so = tmp_src[:-2] + ".so"
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(src_text)
+        r = subprocess.run([*cc, *CFLAGS, "-o", tmp_so, tmp_src, "-lm"], capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cc)} failed: {r.stderr.strip()[-500:]}")
+        os.replace(tmp_so, out)          # atomic: a concurrent compile replaces it with the same
+    finally:
+        for f in (tmp_src, tmp_so):
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+
+
+def load():
+    "The ctypes library (compiled on first use), or None when unavailable."
+    global _lib
+    if _lib is not None:
+        return _lib or None
+    _lib = False
+    if sys.platform == "win32":
+        return None
+    cc = find_compiler()
+    try:
+        with open(SOURCE) as f:
+            src = f.read()
+    except OSError as e:
+        _warn(f"source missing: {e}")
+        return None
+    if cc is None:
+        _warn("no C compiler found (set CC)")
+        return None
+    try:
+        ver = subprocess.run([*cc, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.splitlines()[:1]
+    except Exception:  # noqa: BLE001
+        ver = []
+    key = hashlib.sha256("\0".join([src, " ".join(CFLAGS), " ".join(cc), *ver, _cpu_id(),
+                                    platform.machine()]).encode()).hexdigest()[:20]
+    path = os.path.join(_cache_dir(), f"pyfastopt_kernels_{key}.so")
+    import time
+    t0 = time.perf_counter()
+    compiled = False
+    try:
+        if not os.path.exists(path):
+            _compile(cc, src, path)
+            compiled = True
+        lib = ctypes.CDLL(path)
+        if lib.pfo_abi_version() != 1:
+            raise RuntimeError("ABI version mismatch")
+    except Exception as e:  # noqa: BLE001 - any failure means: stay on the torch paths
+        _warn(str(e))
+        return None
+    _declare(lib)
+    compile_info.update(path=path, compiled=compiled, seconds=time.perf_counter() - t0)
+    _lib = lib
+    return lib
+
+
+def available():
+    "Whether native kernels can run here (compiles on first call)."
+    return enabled() and load() is not None
+
+
+def _declare(lib):
+    vp, i64p, dp = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
+    c_int = ctypes.c_int
+    sig = {
+        "sgd": [c_int, vp, vp, vp, i64p, dp, c_int],
+        "rmsprop": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
+        "adam": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
+        "qhadam": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
+        "larc": [c_int, vp, vp, vp, i64p, dp, c_int, vp, vp],
+        "lamb": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
+    }
+    for name, args in sig.items():
+        for sfx in ("f32", "f64"):
+            f = getattr(lib, f"pfo_{name}_{sfx}")
+            f.argtypes, f.restype = args, None
+
+
+def _num(x):
+    return type(x) in (float, int) and math.isfinite(x)
+
+
+class _Arrays:
+    "The pointer and length arrays of a bucket, built once, rebuilt when a storage moves."
+    __slots__ = ("n", "lens", "P", "G", "M", "V", "pptr", "gptr", "m_list", "v_list", "h",
+                 "out_lr", "clipped", "args")
+
+    def __init__(self, params, grads, m_list, v_list, nh):
+        n = self.n = len(params)
+        arr = ctypes.c_void_p * n
+        self.pptr = [p.data_ptr() for p in params]
+        self.gptr = [g.data_ptr() for g in grads]
+        self.P, self.G = arr(*self.pptr), arr(*self.gptr)
+        self.M = arr(*[t.data_ptr() for t in m_list]) if m_list is not None else None
+        self.V = arr(*[t.data_ptr() for t in v_list]) if v_list is not None else None
+        self.m_list, self.v_list = m_list, v_list
+        self.lens = (ctypes.c_int64 * n)(*[p.numel() for p in params])
+        self.h = (ctypes.c_double * nh)()
+        self.out_lr = self.clipped = None
+
+    def valid(self, params, grads, m_list, v_list):
+        return m_list is self.m_list and v_list is self.v_list \
+            and list(map(torch.Tensor.data_ptr, params)) == self.pptr \
+            and list(map(torch.Tensor.data_ptr, grads)) == self.gptr
+
+
+def _tensor_ok(t, like):
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == like.dtype \
+        and t.device.type == "cpu" and t.shape == like.shape and t.is_contiguous() \
+        and not t.is_sparse and t.layout == torch.strided and not t.is_conj() and not t.is_neg()
+
+
+def param_ok(p):
+    "Can a native kernel take this param and its grad (checked when the plan is built)."
+    g = getattr(p, "grad", None)
+    return p.dtype in _SUFFIX and g is not None and _tensor_ok(p.data, p) and _tensor_ok(g, p)
+
+
+class LocalLR:
+    """Larc's `local_lr` of a native bucket: the values one per param, turned into fastai's
+    per-param values (`lr` itself where clipped, else a 0-d tensor) when the state is read."""
+    __slots__ = ("values", "clipped", "lr", "dtype")
+
+    def __init__(self, values, clipped, lr, dtype):
+        self.values, self.clipped, self.lr, self.dtype = values, clipped, lr, dtype
+
+    def unpack(self):
+        ts = torch.tensor(list(self.values), dtype=self.dtype).unbind(0)
+        return TensorList(self.lr if c else t for t, c in zip(ts, self.clipped))
+
+
+class NativeKernel:
+    "Base: one native chain function over a bucket (see the module docstring)."
+    name = "?"
+    fn = "?"
+    needs = ()
+    uses_m = uses_v = False
+    nh = 16
+
+    def __init__(self, decoupled, **opts):
+        self.decoupled = decoupled
+        self.opts = opts
+
+    def __repr__(self):
+        return f"{type(self).__name__}({'weight_decay' if self.decoupled else 'l2_reg'})"
+
+    def usable(self, bucket):
+        if not enabled() or load() is None:
+            return False
+        ps = bucket.batch.data
+        p0 = ps[0]
+        if p0.dtype not in _SUFFIX or p0.device.type != "cpu":
+            return False
+        for p, g in zip(ps, bucket.batch.grad):
+            if g is None or p.dtype != p0.dtype or not _tensor_ok(p, p) or not _tensor_ok(g, p):
+                return False
+        for k, v in bucket.state.items():
+            if isinstance(v, TensorList) and k in ("grad_avg", "sqr_avg"):
+                if len(v) != len(ps) or not all(_tensor_ok(t, p) for t, p in zip(v, ps)):
+                    return False
+        return True
+
+    def _hypers(self, kw):
+        try:
+            vals = [kw[k] for k in self.needs]
+        except KeyError:
+            return None
+        return vals if all(map(_num, vals)) else None
+
+    def _state_list(self, bucket, key):
+        st = bucket.state
+        v = st.get(key)
+        if v is None:
+            v = st[key] = S.zeros_like(bucket.batch.grad)
+        return v
+
+    def _arrays(self, bucket):
+        ks = bucket.kernel_state
+        ps, gs = bucket.batch.data, bucket.batch.grad
+        m = self._state_list(bucket, "grad_avg") if self.uses_m else None
+        v = self._state_list(bucket, "sqr_avg") if self.uses_v else None
+        a = ks.get("native")
+        if a is not None and a.valid(ps, gs, m, v):
+            return a
+        if not self.usable(bucket):          # a storage was swapped: check it all again
+            return None
+        a = ks["native"] = _Arrays(ps, gs, m, v, self.nh)
+        return a
+
+    def _decay(self, lr, wd, do_wd, h, i):
+        "Fill decay_mul and l2_wd at h[i], h[i+1]; the flags they need."
+        if do_wd and wd != 0:
+            if self.decoupled:
+                h[i], h[i + 1] = 1 - lr * wd, 0.
+                return F_DECAY
+            h[i], h[i + 1] = 1., wd
+            return F_L2
+        h[i], h[i + 1] = 1., 0.
+        return 0
+
+    def _call(self, a, dtype, flags, *extra):
+        f = getattr(load(), f"pfo_{self.fn}_{_SUFFIX[dtype]}")
+        args = [a.n, a.P, a.G, a.M]
+        if self.fn not in ("sgd", "larc"):
+            args.append(a.V)
+        f(*args, a.lens, a.h, flags, *extra)
+
+
+def _step_of(kw):
+    step = kw.get("step", 0)
+    if type(step) is not int:
+        return None
+    return step + 1
+
+
+class SGDKernel(NativeKernel):
+    "[wd|l2, average_grad (undampened) if mom, momentum_step | sgd_step]"
+    name, fn = "native_sgd", "sgd"
+
+    def __init__(self, decoupled, mom):
+        super().__init__(decoupled)
+        self.has_mom = mom
+        self.needs = ("lr", "mom", "wd") if mom else ("lr", "wd")
+        self.uses_m = mom
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        if hv is None:
+            return False
+        lr, wd = hv[0], hv[-1]
+        mom = hv[1] if self.has_mom else 0.
+        a = self._arrays(bucket)
+        if a is None:
+            return False
+        h = a.h
+        h[0], h[1], h[4] = lr, mom, 1.
+        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 2)
+        if self.has_mom:
+            flags |= F_MOM
+        self._call(a, bucket.batch.data[0].dtype, flags)
+        return True
+
+
+class RMSPropKernel(NativeKernel):
+    "[wd|l2, average_grad (undampened) if mom, average_sqr_grad, rms_prop_step]"
+    name, fn = "native_rmsprop", "rmsprop"
+    uses_v = True
+
+    def __init__(self, decoupled, mom, damp2):
+        super().__init__(decoupled)
+        self.has_mom, self.damp2 = mom, damp2
+        self.uses_m = mom
+        self.needs = ("lr", "mom", "sqr_mom", "eps", "wd") if mom else ("lr", "sqr_mom", "eps", "wd")
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        if hv is None:
+            return False
+        if self.has_mom:
+            lr, mom, sqr_mom, eps, wd = hv
+        else:
+            (lr, sqr_mom, eps, wd), mom = hv, 0.
+        a = self._arrays(bucket)
+        if a is None:
+            return False
+        h = a.h
+        h[0], h[1], h[2], h[3] = lr, mom, sqr_mom, eps
+        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 4)
+        h[6], h[7] = 1., (1 - sqr_mom if self.damp2 else 1.)
+        if self.has_mom:
+            flags |= F_MOM
+        self._call(a, bucket.batch.data[0].dtype, flags)
+        return True
+
+
+class _AdamLike(NativeKernel):
+    uses_m = uses_v = True
+
+    def __init__(self, decoupled, damp2):
+        super().__init__(decoupled)
+        self.damp2 = damp2
+
+    def _common(self, bucket, kw, lr, mom, sqr_mom, eps, wd):
+        a = self._arrays(bucket)
+        if a is None:
+            return None, 0
+        h = a.h
+        h[1], h[2], h[3] = mom, sqr_mom, eps
+        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 4)
+        h[6], h[7] = 1 - mom, (1 - sqr_mom if self.damp2 else 1.)
+        return a, flags
+
+
+class AdamKernel(_AdamLike):
+    "[wd|l2, average_grad(dampening=True), average_sqr_grad, step_stat, adam_step]"
+    name, fn = "native_adam", "adam"
+    needs = ("lr", "mom", "sqr_mom", "eps", "wd")
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        step = _step_of(kw)
+        if hv is None or step is None:
+            return False
+        lr, mom, sqr_mom, eps, wd = hv
+        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
+        if a is None:
+            return False
+        debias1 = S.debias(mom, 1 - mom, step)
+        a.h[0] = -lr / debias1
+        a.h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
+        self._call(a, bucket.batch.data[0].dtype, flags | F_RECT | F_EPS)
+        bucket.state["step"] = step
+        return True
+
+
+class RAdamKernel(_AdamLike):
+    "[wd|l2, average_grad(dampening=True), average_sqr_grad, step_stat, radam_step], beta == 0"
+    name, fn = "native_radam", "adam"
+    needs = ("lr", "mom", "sqr_mom", "eps", "wd", "beta")
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        step = _step_of(kw)
+        if hv is None or step is None or hv[5]:
+            return False                  # SAdam (beta != 0): softplus, the chain runs
+        lr, mom, sqr_mom, eps, wd, _ = hv
+        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
+        if a is None:
+            return False
+        debias1 = S.debias(mom, 1 - mom, step)
+        a.h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
+        r_inf = 2 / (1 - sqr_mom) - 1
+        r = r_inf - 2 * step * sqr_mom ** step / (1 - sqr_mom ** step)
+        if r > 5:
+            v = math.sqrt(((r - 4) * (r - 2) * r_inf) / ((r_inf - 4) * (r_inf - 2) * r))
+            a.h[0] = -lr * v / debias1
+            flags |= F_RECT | (F_EPS if eps else 0)
+        else:
+            a.h[0] = -lr / debias1
+        self._call(a, bucket.batch.data[0].dtype, flags)
+        bucket.state["step"] = step
+        return True
+
+
+class QHAdamKernel(_AdamLike):
+    "[wd|l2, average_grad(dampening=True), average_sqr_grad(dampening=True), step_stat, qhadam_step]"
+    name, fn = "native_qhadam", "qhadam"
+    needs = ("lr", "mom", "sqr_mom", "eps", "wd", "nu_1", "nu_2")
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        step = _step_of(kw)
+        if hv is None or step is None:
+            return False
+        lr, mom, sqr_mom, eps, wd, nu_1, nu_2 = hv
+        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
+        if a is None:
+            return False
+        h = a.h
+        h[0] = lr
+        h[8] = S.debias(mom, 1 - mom, step)
+        h[9] = S.debias(sqr_mom, 1 - sqr_mom, step)
+        h[10], h[11], h[12], h[13] = 1 - nu_1, nu_1, 1 - nu_2, nu_2
+        self._call(a, bucket.batch.data[0].dtype, flags)
+        bucket.state["step"] = step
+        return True
+
+
+class LambKernel(_AdamLike):
+    "[wd|l2, average_grad(dampening=True), average_sqr_grad, step_stat, lamb_step]"
+    name, fn = "native_lamb", "lamb"
+    needs = ("lr", "mom", "sqr_mom", "eps", "wd")
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        step = _step_of(kw)
+        if hv is None or step is None:
+            return False
+        lr, mom, sqr_mom, eps, wd = hv
+        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
+        if a is None:
+            return False
+        h = a.h
+        h[0] = lr
+        h[8] = S.debias(mom, 1 - mom, step)
+        h[9] = S.debias(sqr_mom, 1 - sqr_mom, step)
+        self._call(a, bucket.batch.data[0].dtype, flags)
+        bucket.state["step"] = step
+        return True
+
+
+class LarcKernel(NativeKernel):
+    "[wd|l2, average_grad (undampened) if mom, larc_layer_lr(clip), larc_step]"
+    name, fn = "native_larc", "larc"
+
+    def __init__(self, decoupled, mom, clip):
+        super().__init__(decoupled)
+        self.has_mom, self.clip = mom, clip
+        self.uses_m = mom
+        self.needs = ("lr", "mom", "wd", "trust_coeff", "eps") if mom else \
+            ("lr", "wd", "trust_coeff", "eps")
+
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        if hv is None:
+            return False
+        if self.has_mom:
+            lr, mom, wd, tc, eps = hv
+        else:
+            (lr, wd, tc, eps), mom = hv, 0.
+        a = self._arrays(bucket)
+        if a is None:
+            return False
+        h = a.h
+        h[0], h[1], h[4], h[5], h[6], h[7] = lr, mom, 1., lr * tc, wd, eps
+        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 2)
+        if self.has_mom:
+            flags |= F_MOM
+        if self.clip:
+            flags |= F_CLIP
+        if a.out_lr is None:
+            a.out_lr = (ctypes.c_double * a.n)()
+            a.clipped = (ctypes.c_int32 * a.n)()
+        self._call(a, bucket.batch.data[0].dtype, flags, a.out_lr, a.clipped)
+        # the arrays are only read when the state is written back, before the next call
+        bucket.state["local_lr"] = LocalLR(a.out_lr, a.clipped, lr, bucket.batch.data[0].dtype)
+        return True
+
+
+def _norm_cb(cb):
+    kw, chain = {}, []
+    while isinstance(cb, partial):
+        if cb.args:
+            return None
+        chain.append(cb.keywords)
+        cb = cb.func
+    for k in reversed(chain):
+        kw.update(k)
+    return cb, kw
+
+
+def match_chain(cbs):
+    "The NativeKernel for stepper chain `cbs` (a built-in factory's), or None."
+    n = [_norm_cb(cb) for cb in cbs]
+    if not n or any(x is None for x in n) or n[0][0] not in (S.weight_decay, S.l2_reg) or n[0][1]:
+        return None
+    decoupled = n[0][0] is S.weight_decay
+    f = [x[0] for x in n[1:]]
+    kws = [x[1] for x in n[1:]]
+
+    def undamped(i):            # average_grad without dampening (the default)
+        return f[i] is S.average_grad and not kws[i].get("dampening", False) \
+            and set(kws[i]) <= {"dampening"}
+
+    def damped(i):
+        return f[i] is S.average_grad and kws[i] == {"dampening": True}
+
+    def sqr(i):                 # average_sqr_grad, dampened (default) or not
+        return f[i] is S.average_sqr_grad and set(kws[i]) <= {"dampening"}
+
+    def sqr_damp(i):
+        return kws[i].get("dampening", True)
+
+    if f == [S.sgd_step] and not kws[0]:
+        return SGDKernel(decoupled, mom=False)
+    if len(f) == 2 and undamped(0) and f[1] is S.momentum_step and not kws[1]:
+        return SGDKernel(decoupled, mom=True)
+    if len(f) == 2 and sqr(0) and f[1] is S.rms_prop_step and not kws[1]:
+        return RMSPropKernel(decoupled, mom=False, damp2=sqr_damp(0))
+    if len(f) == 3 and undamped(0) and sqr(1) and f[2] is S.rms_prop_step and not kws[2]:
+        return RMSPropKernel(decoupled, mom=True, damp2=sqr_damp(1))
+    if len(f) == 4 and damped(0) and sqr(1) and f[2] is S.step_stat and not kws[2] \
+            and not kws[3]:
+        k = {S.adam_step: AdamKernel, S.radam_step: RAdamKernel, S.qhadam_step: QHAdamKernel,
+             S.lamb_step: LambKernel}.get(f[3])
+        if k is not None:
+            return k(decoupled, damp2=sqr_damp(1))
+    larc = None
+    if len(f) == 2 and f[0] is S.larc_layer_lr and f[1] is S.larc_step and not kws[1]:
+        larc, mom, kw = f, False, kws[0]
+    elif len(f) == 3 and undamped(0) and f[1] is S.larc_layer_lr and f[2] is S.larc_step \
+            and not kws[2]:
+        larc, mom, kw = f, True, kws[1]
+    if larc is not None and set(kw) <= {"clip"} and kw.get("clip", True) in (True, False):
+        return LarcKernel(decoupled, mom=mom, clip=bool(kw.get("clip", True)))
+    return None
