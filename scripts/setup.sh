@@ -1,10 +1,23 @@
 #!/usr/bin/env bash
-# Idempotent setup for a fresh machine: a project venv (.venv) with torch 2.13.0 and pyfastopt,
-# plus R from Debian when the R side is wanted (WITH_R=1, the default).
+# Idempotent setup for a fresh machine: R from Debian (WITH_R=1, the default), then a project venv
+# (.venv) with torch 2.13.0, pyfastopt (editable) and the test tools; rpy2 only with R, since it
+# builds against R's headers.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 PY=${PYTHON:-python3}
+if [ "${WITH_R:-1}" = 1 ]; then
+  need=()
+  for p in r-base-core r-base-dev r-cran-reticulate r-cran-testthat r-cran-knitr \
+           r-cran-rmarkdown r-cran-magrittr r-cran-roxygen2 pandoc; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
@@ -14,19 +27,10 @@ VPY=.venv/bin/python
 if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
   "$VPY" -m pip install -q torch==2.13.0
 fi
-if ! "$VPY" -c 'import pyfastopt, pytest, numpy' >/dev/null 2>&1; then
-  "$VPY" -m pip install -q -e ".[test]"
-fi
-if [ "${WITH_R:-1}" = 1 ]; then
-  need=()
-  command -v Rscript >/dev/null 2>&1 || need+=(r-base-core)
-  for p in r-base-dev r-cran-reticulate r-cran-testthat r-cran-knitr r-cran-rmarkdown \
-           r-cran-magrittr r-cran-roxygen2 pandoc; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-  done
-  if [ ${#need[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
-  fi
+extras=test
+[ "${WITH_R:-1}" = 1 ] && extras=test,r
+check='import pyfastopt, pytest, numpy; pyfastopt.Optimizer'
+[ "${WITH_R:-1}" = 1 ] && check="$check; import rpy2"
+if ! "$VPY" -c "$check" >/dev/null 2>&1; then
+  "$VPY" -m pip install -q -e ".[$extras]"
 fi
