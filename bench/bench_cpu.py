@@ -1,6 +1,8 @@
-"""CPU benchmark of one optimizer step: pyfastopt (default path, and with `flatten_params()`),
-its per-parameter reference path, and torch.optim's for-loop / foreach / fused where torch has
-the optimizer. Interleaved rounds, medians; ratios matter, not absolute times (noisy machine).
+"""CPU benchmark of one optimizer step: pyfastopt (default path: the native kernels when a C
+compiler is available; with `flatten_params()`; with the native kernels off, i.e. the torch-op
+paths), its per-parameter reference path, and torch.optim's for-loop / foreach / fused where
+torch has the optimizer. Interleaved rounds, medians; ratios matter, not absolute times (noisy
+machine). The native kernels' cold compile and the first step are timed too.
 
 Cases: (a) the 161 ResNet-50 parameter shapes (25.6M), (b) 2,000 x 1,000, (c) one 4M tensor.
 The memory-bandwidth floor is measured in the same run (in-place stream `a += s*b`) and applied
@@ -10,13 +12,16 @@ usage: python bench/bench_cpu.py [--threads 1 2] [--rounds 5] [--only adam,sgd] 
 """
 import argparse
 import gc
+import os
 import platform
 import statistics
+import tempfile
 import time
 
 import torch
 
 import pyfastopt as po
+from pyfastopt import native
 
 
 def resnet50_shapes():
@@ -106,6 +111,43 @@ def bench(variants, rounds, k):
     return {n: statistics.median(t) for n, t in times.items()}, first
 
 
+def compile_cost():
+    "Seconds for a cold compile of the native kernels (into a fresh dir) and for loading them."
+    cc = native.find_compiler()
+    if cc is None:
+        return None, None
+    with open(native.SOURCE) as f:
+        src = f.read()
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        native._compile(cc, src, os.path.join(d, "k.so"))
+        cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ok = native.load() is not None
+    return cold, (time.perf_counter() - t0 if ok else None)
+
+
+class _NativeOff:
+    "A step whose plan is built with PYFASTOPT_NATIVE=0 (the torch-op paths); reused after."
+    def __init__(self, opt):
+        self.opt, self.built = opt, False
+
+    def __call__(self):
+        if not self.built:
+            old = os.environ.get("PYFASTOPT_NATIVE")
+            os.environ["PYFASTOPT_NATIVE"] = "0"
+            try:
+                self.opt.step()
+            finally:
+                if old is None:
+                    del os.environ["PYFASTOPT_NATIVE"]
+                else:
+                    os.environ["PYFASTOPT_NATIVE"] = old
+            self.built = True
+            return
+        self.opt.step()
+
+
 def cpu_name():
     try:
         for line in open("/proc/cpuinfo"):
@@ -127,14 +169,21 @@ def main():
     print(f"# machine: {cpu_name()}, {torch.get_num_threads()} threads available by default; "
           f"torch {torch.__version__}; {torch.backends.cpu.get_cpu_capability()}; "
           f"python {platform.python_version()}")
+    cold, load = compile_cost()
+    if cold is None:
+        print("# native kernels: no C compiler, the torch-op paths run")
+    else:
+        print(f"# native kernels: cold compile {cold:.2f} s (once per machine, cached), "
+              f"load from cache {1e3 * load:.1f} ms" if load is not None else
+              f"# native kernels: compile {cold:.2f} s but load failed")
     for th in args.threads:
         torch.set_num_threads(th)
         bw = stream_bw()
         print(f"\n## {th} thread(s): stream a+=s*b {bw:.1f} GB/s\n")
-        print("| case | optimizer | torch baseline | pyfastopt ms | flat-views ms | per-param ms "
-              "| torch loop / foreach / fused ms | x vs torch | per-param / pyfastopt "
-              "| % of floor |")
-        print("|---|---|---|---:|---:|---:|---|---:|---:|---:|")
+        print("| case | optimizer | torch baseline | pyfastopt ms | 1st step ms | flat-views ms "
+              "| native off ms | per-param ms | torch loop / foreach / fused ms | x vs torch "
+              "| per-param / pyfastopt | % of floor |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
         for ck in args.cases.split(","):
             cname, shapes = CASES[ck]
             n = sum(torch.Size(s).numel() for s in shapes)
@@ -148,6 +197,8 @@ def main():
                     o2 = fac(ps2)
                     o2.flatten_params()
                     variants["flat-views"] = o2.step
+                ps4 = make_params(shapes, seed=3)
+                variants["native off"] = _NativeOff(fac(ps4))
                 ps3 = make_params(shapes, seed=2)
                 o3 = fac(ps3)
                 o3.impl = "per_param"
@@ -163,14 +214,15 @@ def main():
                                  for v in ("loop", "foreach", "fused"))
                 fv = f"{res['flat-views'] * 1e3:.2f}" if "flat-views" in res else "–"
                 print(f"| {cname} | {name} | {base_key[6:]} {stand_in} | "
-                      f"{res['pyfastopt'] * 1e3:.2f} | {fv} | {res['per-param'] * 1e3:.2f} | {tor} | "
+                      f"{res['pyfastopt'] * 1e3:.2f} | {first['pyfastopt'] * 1e3:.1f} | {fv} | "
+                      f"{res['native off'] * 1e3:.2f} | {res['per-param'] * 1e3:.2f} | {tor} | "
                       f"{base / best:.2f}x faster | {res['per-param'] / best:.1f}x | "
                       f"{100 * floor / best:.0f}% |", flush=True)
-                del variants, ps, ps3, o3
+                del variants, ps, ps3, o3, ps4
                 gc.collect()
     print("\nx vs torch = torch baseline time / best pyfastopt time (default or flat-views); "
-          "% of floor = bytes/param x params / stream bandwidth / best pyfastopt time. "
-          "No run-time compilation is used, so there is no first-step compile cost to report.")
+          "% of floor = bytes/param x params / stream bandwidth / best pyfastopt time; "
+          "1st step = the first call (plan build, state allocation; the compile is above).")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A stepper chain is the reference: `steppers.py` holds each stepper's math once, 
 multi-tensor path runs it on `TensorList`s. For a few chains torch has a kernel that does the
 whole update of a parameter in one memory pass (`torch._fused_adam_`, `_fused_adamw_`,
 `_fused_sgd_`); `match_chain(cbs)` recognises those chains by their stepper functions and partial
-keywords and returns a `ChainKernel` that runs a bucket with it instead.
+keywords and returns a `ChainKernel` that runs a bucket with it instead. On CPU, contiguous
+float32/float64 buckets of every built-in chain run the native kernels first (`native.py`); these
+torch kernels take the other buckets (CUDA, other dtypes, or native kernels unavailable/off).
 
 A kernel:
 - reads and writes exactly the bucket state the chain would (`grad_avg`, `sqr_avg` TensorLists,
