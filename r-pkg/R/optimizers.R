@@ -80,8 +80,8 @@ Optimizer <- function(params, cbs, ...) {
 #' Python function itself (to pass as an `opt_func`).
 #'
 #' * `SGD`: SGD with `lr`, momentum `mom` and weight decay `wd`.
-#' * `RMSProp`: RMSProp; `sqr_mom` is the course's alpha. (As in fastai, `eps`
-#'   always comes from `rms_prop_step`'s default, 1e-8.)
+#' * `RMSProp`: RMSProp; `sqr_mom` is the course's alpha. (Unlike fastai, which
+#'   ignores it, `eps` is honoured.)
 #' * `Adam`: Adam, with fastai's defaults (`sqr_mom = 0.99`, `eps = 1e-5`,
 #'   decoupled `wd = 0.01`).
 #' * `RAdam`: rectified Adam (plain momentum SGD while the variance is not
