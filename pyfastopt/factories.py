@@ -25,6 +25,13 @@ def _decay(decouple_wd):
     return weight_decay if _flag("decouple_wd", decouple_wd) else l2_reg
 
 
+def _adam_chain(decouple_wd, last, sqr_dampening=None):
+    "The chain of the Adam family: decay, dampened moving averages, step count, then `last`."
+    sqr = average_sqr_grad if sqr_dampening is None else \
+        partial(average_sqr_grad, dampening=sqr_dampening)
+    return [_decay(decouple_wd), partial(average_grad, dampening=True), sqr, step_stat, last]
+
+
 def _is_zero(mom):
     try:
         return mom == 0
@@ -51,23 +58,20 @@ def RMSProp(params, lr, mom=0., sqr_mom=0.99, eps=1e-8, wd=0., decouple_wd=True)
 
 def Adam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01, decouple_wd=True):
     "Adam with `lr`, `mom` (beta1), `sqr_mom` (beta2), `eps` and weight decay `wd` (AdamW-like by default)."
-    cbs = [_decay(decouple_wd), partial(average_grad, dampening=True), average_sqr_grad,
-           step_stat, adam_step]
+    cbs = _adam_chain(decouple_wd, adam_step)
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
 
 def RAdam(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., beta=0., decouple_wd=True):
     "RAdam (rectified Adam); `beta` > 0 applies SAdam's softplus to the denominator."
-    cbs = [_decay(decouple_wd), partial(average_grad, dampening=True), average_sqr_grad,
-           step_stat, radam_step]
+    cbs = _adam_chain(decouple_wd, radam_step)
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta)
 
 
 def QHAdam(params, lr, mom=0.999, sqr_mom=0.999, nu_1=0.7, nu_2=1.0, eps=1e-8, wd=0.,
            decouple_wd=True):
     "QHAdam (quasi-hyperbolic Adam) with `lr`, `mom`, `sqr_mom`, `nu_1`, `nu_2`, `eps`, `wd`."
-    cbs = [_decay(decouple_wd), partial(average_grad, dampening=True),
-           partial(average_sqr_grad, dampening=True), step_stat, qhadam_step]
+    cbs = _adam_chain(decouple_wd, qhadam_step, sqr_dampening=True)
     return Optimizer(params, cbs, lr=lr, nu_1=nu_1, nu_2=nu_2, mom=mom, sqr_mom=sqr_mom, eps=eps,
                      wd=wd)
 
@@ -83,8 +87,7 @@ def Larc(params, lr, mom=0.9, clip=True, trust_coeff=0.02, eps=1e-8, wd=0., deco
 
 def Lamb(params, lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0., decouple_wd=True):
     "LAMB: Adam's update scaled per layer by a trust ratio."
-    cbs = [_decay(decouple_wd), partial(average_grad, dampening=True), average_sqr_grad,
-           step_stat, lamb_step]
+    cbs = _adam_chain(decouple_wd, lamb_step)
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
 
