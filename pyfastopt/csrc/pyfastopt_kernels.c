@@ -20,6 +20,32 @@ typedef int64_t i64;
 enum { F_DECAY = 1, F_L2 = 2, F_MOM = 4, F_RECT = 8, F_CLIP = 16, F_EPS = 32 };
 
 #define NACC 16
+#define NB 32          /* double accumulators per norm in Larc's norm pass (4 AVX-512 chains) */
+
+/* A bucket of many small tensors is many separate allocations: the hardware prefetcher does not
+   cross into the next one, so each kernel asks for the head of the next tensor's arrays (up to
+   PF_BYTES each, into L1) while it works on the current one. */
+#define PF_BYTES 4096
+static inline void prefetch_head(const void *a, i64 bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+    const char *c = (const char *)a;
+    if (bytes > PF_BYTES) bytes = PF_BYTES;
+    for (i64 o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+#else
+    (void)a; (void)bytes;
+#endif
+}
+
+/* prefetch tensor t+1 of each non-null array list */
+static inline void prefetch_next(int t, int n, void **A, void **B, void **C, void **D,
+                                 const i64 *len, int size) {
+    if (t + 1 >= n) return;
+    const i64 b = len[t + 1] * size;
+    if (A) prefetch_head(A[t + 1], b);
+    if (B) prefetch_head(B[t + 1], b);
+    if (C) prefetch_head(C[t + 1], b);
+    if (D) prefetch_head(D[t + 1], b);
+}
 
 #define DEFINE_KERNELS(T, SFX, FMA, SQRT)                                                          \
                                                                                                    \
@@ -32,6 +58,7 @@ void pfo_sgd_##SFX(int n, void **P, void **G, void **M, const i64 *len, const do
                    int flags) {                                                                    \
     const T nlr = (T)(-h[0]), mom = (T)h[1], dm = (T)h[2], l2 = (T)h[3], damp = (T)h[4];        \
     for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, P, G, (flags & F_MOM) ? M : 0, 0, len, sizeof(T));                     \
         T *restrict p = (T *)P[t], *restrict g = (T *)G[t];                                       \
         T *restrict m = (flags & F_MOM) ? (T *)M[t] : 0;                                          \
         const i64 k = len[t];                                                                      \
@@ -61,6 +88,7 @@ void pfo_rmsprop_##SFX(int n, void **P, void **G, void **M, void **V, const i64 
     const T nlr = (T)(-h[0]), mom = (T)h[1], sm = (T)h[2], eps = (T)h[3], dm = (T)h[4],         \
             l2 = (T)h[5], d1 = (T)h[6], d2 = (T)h[7];                                              \
     for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, P, G, V, (flags & F_MOM) ? M : 0, len, sizeof(T));                     \
         T *restrict p = (T *)P[t], *restrict g = (T *)G[t], *restrict v = (T *)V[t];              \
         T *restrict m = (flags & F_MOM) ? (T *)M[t] : 0;                                          \
         const i64 k = len[t];                                                                      \
@@ -95,6 +123,7 @@ void pfo_adam_##SFX(int n, void **P, void **G, void **M, void **V, const i64 *le
             l2 = (T)h[5], d1 = (T)h[6], d2 = (T)h[7], db2 = (T)h[8];                               \
     const int rect = flags & F_RECT, use_eps = flags & F_EPS;                                     \
     for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, P, G, M, V, len, sizeof(T));                                           \
         T *restrict p = (T *)P[t], *restrict g = (T *)G[t], *restrict m = (T *)M[t];              \
         T *restrict v = (T *)V[t];                                                                 \
         const i64 k = len[t];                                                                      \
@@ -132,6 +161,7 @@ void pfo_qhadam_##SFX(int n, void **P, void **G, void **M, void **V, const i64 *
             l2 = (T)h[5], d1 = (T)h[6], d2 = (T)h[7], db1 = (T)h[8], db2 = (T)h[9],               \
             a1 = (T)h[10], nu1 = (T)h[11], a2 = (T)h[12], nu2 = (T)h[13];                          \
     for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, P, G, M, V, len, sizeof(T));                                           \
         T *restrict p = (T *)P[t], *restrict g = (T *)G[t], *restrict m = (T *)M[t];              \
         T *restrict v = (T *)V[t];                                                                 \
         const i64 k = len[t];                                                                      \
@@ -149,22 +179,40 @@ void pfo_qhadam_##SFX(int n, void **P, void **G, void **M, void **V, const i64 *
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
-/* sum of squares of x (after the decay when dm given) in double, NACC accumulators */           \
-static double sumsq_##SFX(const T *restrict x, i64 k, int flags, T dm) {                         \
-    double acc[NACC] = {0};                                                                        \
+/* Larc's norm pass, p and g together: sums of squares of p (after the decay) and of g (after      \
+   l2) in NB double accumulators each (enough independent chains for the adders). */               \
+static inline void larc_norms_##SFX(const T *restrict p, const T *restrict g, i64 k, int flags,    \
+                                    T dm, T l2, double *sp_, double *sg_) {                        \
+    double ap[NB] = {0}, ag[NB] = {0};                                                             \
     i64 i = 0;                                                                                     \
-    for (; i + NACC <= k; i += NACC)                                                               \
-        for (int j = 0; j < NACC; j++) {                                                           \
-            double y = (double)decay_##SFX(x[i + j], flags, dm);                                   \
-            acc[j] += y * y;                                                                       \
-        }                                                                                          \
-    for (; i < k; i++) {                                                                           \
-        double y = (double)decay_##SFX(x[i], flags, dm);                                           \
-        acc[0] += y * y;                                                                           \
+    if (flags & F_L2) {                                                                            \
+        for (; i + NB <= k; i += NB)                                                               \
+            for (int j = 0; j < NB; j++) {                                                         \
+                double y = (double)decay_##SFX(p[i + j], flags, dm);                               \
+                double z = (double)FMA(l2, p[i + j], g[i + j]);                                    \
+                ap[j] += y * y; ag[j] += z * z;                                                    \
+            }                                                                                      \
+    } else if (flags & F_DECAY) {                                                                  \
+        for (; i + NB <= k; i += NB)                                                               \
+            for (int j = 0; j < NB; j++) {                                                         \
+                double y = (double)(p[i + j] * dm), z = (double)g[i + j];                          \
+                ap[j] += y * y; ag[j] += z * z;                                                    \
+            }                                                                                      \
+    } else {                                                                                       \
+        for (; i + NB <= k; i += NB)                                                               \
+            for (int j = 0; j < NB; j++) {                                                         \
+                double y = (double)p[i + j], z = (double)g[i + j];                                 \
+                ap[j] += y * y; ag[j] += z * z;                                                    \
+            }                                                                                      \
     }                                                                                              \
-    double s = 0;                                                                                  \
-    for (int j = 0; j < NACC; j++) s += acc[j];                                                    \
-    return s;                                                                                      \
+    for (; i < k; i++) {                                                                           \
+        double y = (double)decay_##SFX(p[i], flags, dm);                                           \
+        double z = (double)((flags & F_L2) ? FMA(l2, p[i], g[i]) : g[i]);                          \
+        ap[0] += y * y; ag[0] += z * z;                                                            \
+    }                                                                                              \
+    double sp = 0, sg = 0;                                                                         \
+    for (int j = 0; j < NB; j++) { sp += ap[j]; sg += ag[j]; }                                     \
+    *sp_ = sp; *sg_ = sg;                                                                          \
 }                                                                                                  \
                                                                                                    \
 /* Larc: [wd|l2, (average_grad), larc_layer_lr(clip), larc_step].                                \
@@ -177,27 +225,12 @@ void pfo_larc_##SFX(int n, void **P, void **G, void **M, const i64 *len, const d
     const T lr = (T)h[0], mom = (T)h[1], dm = (T)h[2], l2 = (T)h[3], damp = (T)h[4],            \
             lrtc = (T)h[5], wd = (T)h[6], eps = (T)h[7];                                           \
     for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, P, G, (flags & F_MOM) ? M : 0, 0, len, sizeof(T));                     \
         T *restrict p = (T *)P[t], *restrict g = (T *)G[t];                                       \
         T *restrict m = (flags & F_MOM) ? (T *)M[t] : 0;                                          \
         const i64 k = len[t];                                                                      \
-        double sp = sumsq_##SFX(p, k, flags & F_DECAY, dm), sg;                                   \
-        if (flags & F_L2) {                                                                        \
-            double acc[NACC] = {0};                                                                \
-            i64 i = 0;                                                                             \
-            for (; i + NACC <= k; i += NACC)                                                       \
-                for (int j = 0; j < NACC; j++) {                                                   \
-                    double y = (double)FMA(l2, p[i + j], g[i + j]);                                \
-                    acc[j] += y * y;                                                               \
-                }                                                                                  \
-            for (; i < k; i++) {                                                                   \
-                double y = (double)FMA(l2, p[i], g[i]);                                            \
-                acc[0] += y * y;                                                                   \
-            }                                                                                      \
-            sg = 0;                                                                                \
-            for (int j = 0; j < NACC; j++) sg += acc[j];                                           \
-        } else {                                                                                   \
-            sg = sumsq_##SFX(g, k, 0, dm);                                                         \
-        }                                                                                          \
+        double sp, sg;                                                                             \
+        larc_norms_##SFX(p, g, k, flags, dm, l2, &sp, &sg);                                        \
         const T pn = (T)sqrt(sp), gn = (T)sqrt(sg);                                                \
         const T a = pn * lrtc;                                                                     \
         const T pw = pn * wd;                                                                      \
@@ -227,6 +260,7 @@ void pfo_lamb_##SFX(int n, void **P, void **G, void **M, void **V, const i64 *le
     const T nlr = (T)(-h[0]), mom = (T)h[1], sm = (T)h[2], eps = (T)h[3], dm = (T)h[4],         \
             l2 = (T)h[5], d1 = (T)h[6], d2 = (T)h[7], db1 = (T)h[8], db2 = (T)h[9];               \
     for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, P, G, M, V, len, sizeof(T));                                           \
         T *restrict p = (T *)P[t], *restrict g = (T *)G[t], *restrict m = (T *)M[t];              \
         T *restrict v = (T *)V[t];                                                                 \
         const i64 k = len[t];                                                                      \
