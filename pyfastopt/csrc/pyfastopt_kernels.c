@@ -36,6 +36,19 @@ static inline void prefetch_head(const void *a, i64 bytes) {
 #endif
 }
 
+/* Larc's norm pass reads p and g only; on a small tensor it also asks for m, which the update
+   pass then finds in L1 (on a large one it would only be evicted again before that pass) */
+#define PF_M_MAX 32768
+
+/* prefetch for writing the lines of [a, a + bytes) */
+static inline void prefetch_block_w(const void *a, int bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+    for (int o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)a + o, 1, 3);
+#else
+    (void)a; (void)bytes;
+#endif
+}
+
 /* prefetch tensor t+1 of each non-null array list */
 static inline void prefetch_next(int t, int n, void **A, void **B, void **C, void **D,
                                  const i64 *len, int size) {
@@ -180,30 +193,37 @@ void pfo_qhadam_##SFX(int n, void **P, void **G, void **M, void **V, const i64 *
 }                                                                                                  \
                                                                                                    \
 /* Larc's norm pass, p and g together: sums of squares of p (after the decay) and of g (after      \
-   l2) in NB double accumulators each (enough independent chains for the adders). */               \
-static inline void larc_norms_##SFX(const T *restrict p, const T *restrict g, i64 k, int flags,    \
-                                    T dm, T l2, double *sp_, double *sg_) {                        \
+   l2) in NB double accumulators each (enough independent chains for the adders). pm: m to         \
+   prefetch alongside (for the update pass), or null. */                                           \
+static inline void larc_norms_##SFX(const T *restrict p, const T *restrict g, const T *pm,         \
+                                    i64 k, int flags, T dm, T l2, double *sp_, double *sg_) {      \
     double ap[NB] = {0}, ag[NB] = {0};                                                             \
     i64 i = 0;                                                                                     \
     if (flags & F_L2) {                                                                            \
-        for (; i + NB <= k; i += NB)                                                               \
+        for (; i + NB <= k; i += NB) {                                                             \
+            if (pm) prefetch_block_w(pm + i, NB * sizeof(T));                                      \
             for (int j = 0; j < NB; j++) {                                                         \
                 double y = (double)decay_##SFX(p[i + j], flags, dm);                               \
                 double z = (double)FMA(l2, p[i + j], g[i + j]);                                    \
                 ap[j] += y * y; ag[j] += z * z;                                                    \
             }                                                                                      \
+        }                                                                                          \
     } else if (flags & F_DECAY) {                                                                  \
-        for (; i + NB <= k; i += NB)                                                               \
+        for (; i + NB <= k; i += NB) {                                                             \
+            if (pm) prefetch_block_w(pm + i, NB * sizeof(T));                                      \
             for (int j = 0; j < NB; j++) {                                                         \
                 double y = (double)(p[i + j] * dm), z = (double)g[i + j];                          \
                 ap[j] += y * y; ag[j] += z * z;                                                    \
             }                                                                                      \
+        }                                                                                          \
     } else {                                                                                       \
-        for (; i + NB <= k; i += NB)                                                               \
+        for (; i + NB <= k; i += NB) {                                                             \
+            if (pm) prefetch_block_w(pm + i, NB * sizeof(T));                                      \
             for (int j = 0; j < NB; j++) {                                                         \
                 double y = (double)p[i + j], z = (double)g[i + j];                                 \
                 ap[j] += y * y; ag[j] += z * z;                                                    \
             }                                                                                      \
+        }                                                                                          \
     }                                                                                              \
     for (; i < k; i++) {                                                                           \
         double y = (double)decay_##SFX(p[i], flags, dm);                                           \
@@ -230,7 +250,8 @@ void pfo_larc_##SFX(int n, void **P, void **G, void **M, const i64 *len, const d
         T *restrict m = (flags & F_MOM) ? (T *)M[t] : 0;                                          \
         const i64 k = len[t];                                                                      \
         double sp, sg;                                                                             \
-        larc_norms_##SFX(p, g, k, flags, dm, l2, &sp, &sg);                                        \
+        const T *pm = (m && k * (i64)sizeof(T) <= PF_M_MAX) ? m : 0;                               \
+        larc_norms_##SFX(p, g, pm, k, flags, dm, l2, &sp, &sg);                                        \
         const T pn = (T)sqrt(sp), gn = (T)sqrt(sg);                                                \
         const T a = pn * lrtc;                                                                     \
         const T pw = pn * wd;                                                                      \
