@@ -38,6 +38,8 @@ FLAT_MAX_NUMEL = 32768      # params up to this size may share a flat bucket (fl
 FLAT_MIN_PARAMS = 8         # ... when at least this many of them share group, device, dtype, state
 LIST_MAX_TOTAL = 1 << 20    # elements per bucket of a chain run without a kernel (temporaries)
 FLAT_MAX_TOTAL = 1 << 18    # elements per flat buffer: bounds scratch memory, keeps temporaries in cache
+NATIVE_MT_NUMEL = 32768     # with torch threads > 1, params this large go to torch's fused kernels
+                            # (multi-threaded per tensor) rather than the single-threaded native ones
 
 
 class HyperLengthError(ValueError, AssertionError):
@@ -424,7 +426,8 @@ class Optimizer(_BaseOptimizer):
         were built from? O(params) identity checks, a few C-level passes (no Python loop per param)."""
         plan, lists = self._plan, self.param_lists
         if len(lists) != len(plan.params) or plan.fused != self._fused \
-                or plan.flatten != self._flatten:
+                or plan.flatten != self._flatten \
+                or (plan.threads is not None and plan.threads != torch.get_num_threads()):
             return False
         cbs = self.cbs.items if isinstance(self.cbs, L) else list(self.cbs)
         if len(cbs) != len(plan.cbs) or not all(map(operator.is_, cbs, plan.cbs)):
@@ -451,6 +454,12 @@ class Optimizer(_BaseOptimizer):
         kernel = match_chain(plan.cbs) if self._fused else None
         nk = native.match_chain(plan.cbs) if self._fused and not for_flatten \
             and native.available() else None
+        # a chain with both kinds of kernel: with several torch threads, large params take
+        # torch's fused kernel, which splits each tensor over the threads (the plan is rebuilt
+        # when the thread count changes)
+        if nk is not None and kernel is not None:
+            plan.threads = torch.get_num_threads()
+        mt_numel = NATIVE_MT_NUMEL if plan.threads not in (None, 1) else None
         funcs = [_stepper_func(cb) for cb in plan.cbs]
         flat_ok = self._flatten and flat_safe(funcs)
         grads_back = any(f in MUTATES_GRAD for f in funcs)
@@ -463,7 +472,8 @@ class Optimizer(_BaseOptimizer):
                 if p.grad is None:
                     continue
                 st = self._state[p]
-                nat = nk is not None and native.param_ok(p)
+                nat = nk is not None and native.param_ok(p) \
+                    and (mt_numel is None or p.numel() < mt_numel)
                 small = not nat and flat_ok and p.numel() <= FLAT_MAX_NUMEL \
                     and p.grad.shape == p.shape and p.grad.dtype == p.dtype
                 buckets.setdefault((p.device, p.dtype, _signature(st), small, nat), []).append(p)
@@ -638,11 +648,12 @@ class Optimizer(_BaseOptimizer):
 
 class _Plan:
     "The buckets of one step, and the params, grads and steppers they were built from."
-    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten")
+    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten", "threads")
 
     def __init__(self):
         self.params, self.grads, self.buckets, self.cbs = [], [], [], []
         self.fused = self.flatten = True
+        self.threads = None         # torch's thread count, where the plan depends on it
 
 
 class _Bucket:

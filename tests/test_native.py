@@ -308,3 +308,41 @@ def test_peak_memory_of_a_step(name):
     assert r.returncode == 0, r.stderr
     grew = int(r.stdout.strip().splitlines()[-1])
     assert grew <= 16384 * 4 + (2 << 20), grew     # one largest param (64 KB) + 2 MB slack
+
+
+@pytest.mark.parametrize("name", ["SGD_mom", "Adam", "Lamb"])
+def test_threads_send_large_params_to_torch_fused(name):
+    "With several torch threads, params of >= NATIVE_MT_NUMEL elements of a chain torch has a"
+    " fused kernel for go to that kernel (multi-threaded per tensor), small ones stay native;"
+    " one thread: all native. Changing the thread count rebuilds the plan; numbers as per-param."
+    from pyfastopt import kernels
+    from pyfastopt.optimizer import NATIVE_MT_NUMEL
+
+    def make():
+        g = torch.Generator().manual_seed(0)
+        return [torch.randn(n, generator=g) for n in (NATIVE_MT_NUMEL, 100, NATIVE_MT_NUMEL + 7, 5)]
+
+    old = torch.get_num_threads()
+    try:
+        ps_ref, ps = make(), make()
+        ref, opt = CHAINS[name](ps_ref, True), CHAINS[name](ps, True)
+        ref.impl = "per_param"
+        g = torch.Generator().manual_seed(1)
+        for i in range(6):
+            torch.set_num_threads(2 if i < 3 else 1)
+            for p, q in zip(ps, ps_ref):
+                p.grad = torch.randn(p.shape, generator=g)
+                q.grad = p.grad.clone()
+            opt.step()
+            ref.step()
+            kinds = {b.params[0].numel() >= NATIVE_MT_NUMEL: type(b.kernel)
+                     for b in opt._plan.buckets}
+            if name == "Lamb" or i >= 3:          # no torch kernel, or one thread: all native
+                assert all(issubclass(k, native.NativeKernel) for k in kinds.values()), kinds
+            else:
+                assert issubclass(kinds[False], native.NativeKernel), kinds
+                assert issubclass(kinds[True], kernels.ChainKernel), kinds
+        for a, b in zip(ps, ps_ref):
+            close(a, b, torch.float32)
+    finally:
+        torch.set_num_threads(old)
