@@ -80,6 +80,7 @@ def _worker(rank, world, init_file, out_dir, kind):
             torch.nn.functional.mse_loss(ddp(xs), ys).backward()
             opt.step()
         torch.save([p.detach() for p in model.parameters()], os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()          # both ranks done before gloo's threads are torn down
     finally:
         dist.destroy_process_group()
 
