@@ -86,8 +86,10 @@ class Lookahead(Optimizer):
         slow = [s for sl in self.slow_weights for s in sl]
         fast = [p for pl in self.opt.param_lists for p in pl]
         for s, f in _by_device_and_dtype(slow, fast):
-            # fastai's slow += alpha * (fast - slow); fast = slow, one foreach call each
-            torch._foreach_add_(s, torch._foreach_sub(f, s), alpha=self.alpha)
+            # fastai's slow += alpha * (fast - slow); fast = slow. The difference is made in the
+            # fast weights, which are overwritten next: no temporaries, same rounding
+            torch._foreach_sub_(f, s)
+            torch._foreach_add_(s, f, alpha=self.alpha)
             torch._foreach_copy_(f, s)
 
     def clear_state(self):
