@@ -53,6 +53,7 @@ class ChainKernel:
     "Base: a whole-bucket implementation of one stepper chain."
     name = "?"
     needs = ()                              # hypers that must be plain finite numbers
+    _is_num = staticmethod(_num)
 
     def __init__(self, decoupled):
         self.decoupled = decoupled          # weight_decay (True) or l2_reg (False) first
@@ -86,7 +87,7 @@ class ChainKernel:
             vals = [kw[k] for k in self.needs]
         except KeyError:
             return None
-        return vals if all(map(_num, vals)) else None
+        return vals if all(map(self._is_num, vals)) else None
 
     def _decay(self, bucket, lr, wd, do_wd):
         """The chain's first stepper when it must run apart from the fused kernel. Returns the wd

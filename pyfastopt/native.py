@@ -31,6 +31,7 @@ from functools import partial
 import torch
 
 from . import steppers as S
+from .kernels import ChainKernel, _norm_cb
 from .tensor_list import TensorList
 
 __all__ = ["available", "enabled", "load", "match_chain", "NativeKernel", "compile_info"]
@@ -228,20 +229,16 @@ class LocalLR:
         return TensorList(self.lr if c else t for t, c in zip(ts, self.clipped))
 
 
-class NativeKernel:
+class NativeKernel(ChainKernel):
     "Base: one native chain function over a bucket (see the module docstring)."
     name = "?"
     fn = "?"
     needs = ()
     uses_m = uses_v = False
     nh = 16
+    _is_num = staticmethod(_num)        # ctypes takes Python numbers only
 
-    def __init__(self, decoupled, **opts):
-        self.decoupled = decoupled
-        self.opts = opts
 
-    def __repr__(self):
-        return f"{type(self).__name__}({'weight_decay' if self.decoupled else 'l2_reg'})"
 
     def usable(self, bucket):
         if not enabled() or load() is None:
@@ -259,25 +256,11 @@ class NativeKernel:
                     return False
         return True
 
-    def _hypers(self, kw):
-        try:
-            vals = [kw[k] for k in self.needs]
-        except KeyError:
-            return None
-        return vals if all(map(_num, vals)) else None
-
-    def _state_list(self, bucket, key):
-        st = bucket.state
-        v = st.get(key)
-        if v is None:
-            v = st[key] = S.zeros_like(bucket.batch.grad)
-        return v
-
     def _arrays(self, bucket):
         ks = bucket.kernel_state
         ps, gs = bucket.batch.data, bucket.batch.grad
-        m = self._state_list(bucket, "grad_avg") if self.uses_m else None
-        v = self._state_list(bucket, "sqr_avg") if self.uses_v else None
+        m = self._zeros(bucket, "grad_avg") if self.uses_m else None
+        v = self._zeros(bucket, "sqr_avg") if self.uses_v else None
         a = ks.get("native")
         if a is not None and a.valid(ps, gs, m, v):
             return a
@@ -373,21 +356,34 @@ class RMSPropKernel(NativeKernel):
 
 
 class _AdamLike(NativeKernel):
+    """The Adam family's kernels: the moving averages and step count of the chain, then the last
+    stepper's update, which `_fill` sets up (hypers into `h`, extra flags; None to decline)."""
     uses_m = uses_v = True
 
     def __init__(self, decoupled, damp2):
         super().__init__(decoupled)
         self.damp2 = damp2
 
-    def _common(self, bucket, kw, lr, mom, sqr_mom, eps, wd):
+    def __call__(self, bucket, kw):
+        hv = self._hypers(kw)
+        step = _step_of(kw)
+        if hv is None or step is None or not self._applies(hv):
+            return False
+        lr, mom, sqr_mom, eps, wd = hv[:5]
         a = self._arrays(bucket)
         if a is None:
-            return None, 0
+            return False
         h = a.h
         h[1], h[2], h[3] = mom, sqr_mom, eps
         flags = self._decay(lr, wd, kw.get("do_wd", True), h, 4)
         h[6], h[7] = 1 - mom, (1 - sqr_mom if self.damp2 else 1.)
-        return a, flags
+        flags |= self._fill(h, step, *hv)
+        self._call(a, bucket.batch.data[0].dtype, flags)
+        bucket.state["step"] = step
+        return True
+
+    def _applies(self, hv):
+        return True
 
 
 class AdamKernel(_AdamLike):
@@ -395,21 +391,10 @@ class AdamKernel(_AdamLike):
     name, fn = "native_adam", "adam"
     needs = ("lr", "mom", "sqr_mom", "eps", "wd")
 
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        step = _step_of(kw)
-        if hv is None or step is None:
-            return False
-        lr, mom, sqr_mom, eps, wd = hv
-        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
-        if a is None:
-            return False
-        debias1 = S.debias(mom, 1 - mom, step)
-        a.h[0] = -lr / debias1
-        a.h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
-        self._call(a, bucket.batch.data[0].dtype, flags | F_RECT | F_EPS)
-        bucket.state["step"] = step
-        return True
+    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd):
+        h[0] = -lr / S.debias(mom, 1 - mom, step)
+        h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
+        return F_RECT | F_EPS
 
 
 class RAdamKernel(_AdamLike):
@@ -417,28 +402,20 @@ class RAdamKernel(_AdamLike):
     name, fn = "native_radam", "adam"
     needs = ("lr", "mom", "sqr_mom", "eps", "wd", "beta")
 
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        step = _step_of(kw)
-        if hv is None or step is None or hv[5]:
-            return False                  # SAdam (beta != 0): softplus, the chain runs
-        lr, mom, sqr_mom, eps, wd, _ = hv
-        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
-        if a is None:
-            return False
+    def _applies(self, hv):
+        return not hv[5]                  # SAdam (beta != 0): softplus, the chain runs
+
+    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd, beta):
         debias1 = S.debias(mom, 1 - mom, step)
-        a.h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
+        h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
         r_inf = 2 / (1 - sqr_mom) - 1
         r = r_inf - 2 * step * sqr_mom ** step / (1 - sqr_mom ** step)
         if r > 5:
             v = math.sqrt(((r - 4) * (r - 2) * r_inf) / ((r_inf - 4) * (r_inf - 2) * r))
-            a.h[0] = -lr * v / debias1
-            flags |= F_RECT | (F_EPS if eps else 0)
-        else:
-            a.h[0] = -lr / debias1
-        self._call(a, bucket.batch.data[0].dtype, flags)
-        bucket.state["step"] = step
-        return True
+            h[0] = -lr * v / debias1
+            return F_RECT | (F_EPS if eps else 0)
+        h[0] = -lr / debias1
+        return 0
 
 
 class QHAdamKernel(_AdamLike):
@@ -446,23 +423,12 @@ class QHAdamKernel(_AdamLike):
     name, fn = "native_qhadam", "qhadam"
     needs = ("lr", "mom", "sqr_mom", "eps", "wd", "nu_1", "nu_2")
 
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        step = _step_of(kw)
-        if hv is None or step is None:
-            return False
-        lr, mom, sqr_mom, eps, wd, nu_1, nu_2 = hv
-        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
-        if a is None:
-            return False
-        h = a.h
+    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd, nu_1, nu_2):
         h[0] = lr
         h[8] = S.debias(mom, 1 - mom, step)
         h[9] = S.debias(sqr_mom, 1 - sqr_mom, step)
         h[10], h[11], h[12], h[13] = 1 - nu_1, nu_1, 1 - nu_2, nu_2
-        self._call(a, bucket.batch.data[0].dtype, flags)
-        bucket.state["step"] = step
-        return True
+        return 0
 
 
 class LambKernel(_AdamLike):
@@ -470,22 +436,11 @@ class LambKernel(_AdamLike):
     name, fn = "native_lamb", "lamb"
     needs = ("lr", "mom", "sqr_mom", "eps", "wd")
 
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        step = _step_of(kw)
-        if hv is None or step is None:
-            return False
-        lr, mom, sqr_mom, eps, wd = hv
-        a, flags = self._common(bucket, kw, lr, mom, sqr_mom, eps, wd)
-        if a is None:
-            return False
-        h = a.h
+    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd):
         h[0] = lr
         h[8] = S.debias(mom, 1 - mom, step)
         h[9] = S.debias(sqr_mom, 1 - sqr_mom, step)
-        self._call(a, bucket.batch.data[0].dtype, flags)
-        bucket.state["step"] = step
-        return True
+        return 0
 
 
 class LarcKernel(NativeKernel):
@@ -524,18 +479,6 @@ class LarcKernel(NativeKernel):
         # the arrays are only read when the state is written back, before the next call
         bucket.state["local_lr"] = LocalLR(a.out_lr, a.clipped, lr, bucket.batch.data[0].dtype)
         return True
-
-
-def _norm_cb(cb):
-    kw, chain = {}, []
-    while isinstance(cb, partial):
-        if cb.args:
-            return None
-        chain.append(cb.keywords)
-        cb = cb.func
-    for k in reversed(chain):
-        kw.update(k)
-    return cb, kw
 
 
 def match_chain(cbs):
