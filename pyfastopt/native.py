@@ -16,6 +16,7 @@ paths, with the same numbers.
 contiguous float32/float64 tensors whose hypers are plain numbers; it reads and writes the state
 the chain would (`grad_avg`, `sqr_avg` per-param tensors, `step` an int, Larc's `local_lr`).
 """
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -103,10 +104,8 @@ def _compile(cc, src_text, out):
         os.replace(tmp_so, out)          # atomic: a concurrent compile replaces it with the same
     finally:
         for f in (tmp_src, tmp_so):
-            try:
+            with contextlib.suppress(OSError):      # already renamed, or never written
                 os.unlink(f)
-            except OSError:
-                pass
 
 
 def load():
