@@ -168,6 +168,7 @@ def _declare(lib):
         "qhadam": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
         "larc": [c_int, vp, vp, vp, i64p, dp, c_int, vp, vp],
         "lamb": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
+        "lookahead": [c_int, vp, vp, i64p, ctypes.c_double],
     }
     for name, args in sig.items():
         for sfx in ("f32", "f64"):
@@ -177,6 +178,25 @@ def _declare(lib):
 
 def _num(x):
     return type(x) in (float, int) and math.isfinite(x)
+
+
+def lookahead_sync(slow, fast, alpha):
+    """Lookahead's `slow += alpha * (fast - slow); fast = slow` over two lists of CPU tensors of
+    one float dtype, in one native pass. Returns False (nothing done) where it does not apply."""
+    if not slow or not enabled() or load() is None or not _num(alpha):
+        return False
+    s0 = slow[0]
+    if s0.dtype not in _SUFFIX or s0.device.type != "cpu":
+        return False
+    if not all(s.dtype == s0.dtype and _tensor_ok(s, s) and _tensor_ok(f, s)
+               for s, f in zip(slow, fast)):
+        return False
+    n = len(slow)
+    arr = ctypes.c_void_p * n
+    fn = getattr(load(), f"pfo_lookahead_{_SUFFIX[s0.dtype]}")
+    fn(n, arr(*[s.data_ptr() for s in slow]), arr(*[f.data_ptr() for f in fast]),
+       (ctypes.c_int64 * n)(*[s.numel() for s in slow]), float(alpha))
+    return True
 
 
 class _Arrays:

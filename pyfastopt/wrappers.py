@@ -3,6 +3,7 @@ from collections import defaultdict
 
 import torch
 
+from . import native
 from .foundation import L, is_listy, range_of
 from .optimizer import HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base
 from .validation import as_int, check_hyper
@@ -86,6 +87,8 @@ class Lookahead(Optimizer):
         slow = [s for sl in self.slow_weights for s in sl]
         fast = [p for pl in self.opt.param_lists for p in pl]
         for s, f in _by_device_and_dtype(slow, fast):
+            if native.lookahead_sync(s, f, self.alpha):      # CPU float32/64: one pass
+                continue
             # fastai's slow += alpha * (fast - slow); fast = slow. The difference is made in the
             # fast weights, which are overwritten next: no temporaries, same rounding
             torch._foreach_sub_(f, s)

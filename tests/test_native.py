@@ -346,3 +346,33 @@ def test_threads_send_large_params_to_torch_fused(name):
             close(a, b, torch.float32)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lookahead_sync_native_equals_torch_ops(dtype):
+    "Lookahead's sync in one native pass gives the torch ops' numbers (fastai's formula)."
+    def run(native_on):
+        torch.manual_seed(0)
+        ps = [torch.randn(s, dtype=dtype) for s in [(3, 4), (5,), (), (2, 3, 2, 2)]]
+        opt = po.ranger(ps, lr=0.1, k=3)
+        for i in range(7):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        return ps, opt
+    with native_off():
+        ref, ref_opt = run(False)
+    got, opt = run(True)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, **tol)
+    for sa, sb in zip(opt.slow_weights.concat(), ref_opt.slow_weights.concat()):
+        assert torch.allclose(sa, sb, **tol)
+    slow = [torch.randn(1000, dtype=dtype), torch.randn(3, 7, dtype=dtype)]
+    fast = [torch.randn_like(t) for t in slow]
+    want = [s + 0.3 * (f - s) for s, f in zip(slow, fast)]
+    assert native.lookahead_sync(slow, fast, 0.3)
+    for s, f, w in zip(slow, fast, want):
+        torch.testing.assert_close(s, w, **tol)
+        assert torch.equal(f, s)
+    assert not native.lookahead_sync([torch.ones(4)[::2]], [torch.ones(2)], 0.5)  # not contiguous

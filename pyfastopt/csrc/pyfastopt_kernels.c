@@ -94,6 +94,22 @@ void pfo_sgd_##SFX(int n, void **P, void **G, void **M, const i64 *len, const do
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
+/* Lookahead's sync (wrappers.py): slow += alpha * (fast - slow); fast = slow, in one pass over     \
+   both (torch: fast.sub_(slow); slow.add_(fast, alpha); fast.copy_(slow)). */                    \
+void pfo_lookahead_##SFX(int n, void **S, void **F, const i64 *len, double alpha) {              \
+    const T a = (T)alpha;                                                                          \
+    for (int t = 0; t < n; t++) {                                                                  \
+        prefetch_next(t, n, S, F, 0, 0, len, sizeof(T));                                           \
+        T *restrict sl = (T *)S[t], *restrict f = (T *)F[t];                                      \
+        const i64 k = len[t];                                                                      \
+        for (i64 i = 0; i < k; i++) {                                                              \
+            T si = FMA(a, f[i] - sl[i], sl[i]);                                                    \
+            sl[i] = si;                                                                            \
+            f[i] = si;                                                                             \
+        }                                                                                          \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
 /* RMSProp: [wd|l2, (average_grad), average_sqr_grad, rms_prop_step].                             \
    h: lr, mom, sqr_mom, eps, decay_mul, l2_wd, damp1, damp2 */                                    \
 void pfo_rmsprop_##SFX(int n, void **P, void **G, void **M, void **V, const i64 *len,           \
