@@ -499,7 +499,8 @@ class Optimizer(_BaseOptimizer):
         bucket (many small params, built-in steppers; see `flatten`) views of one flat buffer per
         bucket, so that a step copies nothing. Values are kept; `p.data` and `p.grad` are
         replaced by views. Keep the grads in place afterwards (`zero_grad()`, not
-        `set_to_none=True`), or they are copied again. Returns the number of params moved."""
+        `set_to_none=True`): new grad tensors are not views, and their params step on the list
+        path until `flatten_params()` is called again. Returns the number of params moved."""
         self._invalidate_plan()
         plan = self._build_plan(for_flatten=True)
         moved = 0
