@@ -10,6 +10,7 @@ never from pyfastopt's code:
   grad-None params skipped, state switch ``do_wd``) and the §3 stepper formulas exactly, plus
   §4.1 Lookahead.
 """
+import contextlib
 import math
 import os
 import sys
@@ -330,3 +331,20 @@ def set_grads(groups, grads):
     for grp, gg in zip(groups, grads):
         for p, g in zip(grp, gg):
             p.grad = None if g is None else g.clone()
+
+
+# ----------------------------------------------------------------------------------------------
+# switching pyfastopt's paths (not spec material)
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def native_off():
+    "pyfastopt's native kernels disabled (PYFASTOPT_NATIVE=0): the torch paths run."
+    old = os.environ.get("PYFASTOPT_NATIVE")
+    os.environ["PYFASTOPT_NATIVE"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYFASTOPT_NATIVE"]
+        else:
+            os.environ["PYFASTOPT_NATIVE"] = old

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import pyfastopt as po
+from helpers import native_off
 from pyfastopt import kernels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -36,18 +37,6 @@ FACTORIES = {
 MODES = ("per_param", "generic", "fast", "flat_generic", "list_fused", "torch_fused")
 
 
-@contextlib.contextmanager
-def native_off():
-    "Native kernels disabled (PYFASTOPT_NATIVE=0): the torch paths run."
-    old = os.environ.get("PYFASTOPT_NATIVE")
-    os.environ["PYFASTOPT_NATIVE"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["PYFASTOPT_NATIVE"]
-        else:
-            os.environ["PYFASTOPT_NATIVE"] = old
 
 
 def make_params(dtype, device, n_groups=2):

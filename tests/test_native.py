@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import pyfastopt as po
+from helpers import native_off
 from pyfastopt import native
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on PATH")
@@ -47,17 +48,6 @@ KERNEL = {"SGD": native.SGDKernel, "SGD_mom": native.SGDKernel, "RMSProp": nativ
 SHAPES = [(), (1,), (5,), (3, 4), (2, 3, 4), (2, 1, 3, 2), (40, 31), (17,), (6, 6), (3,)]
 
 
-@contextlib.contextmanager
-def native_off():
-    old = os.environ.get("PYFASTOPT_NATIVE")
-    os.environ["PYFASTOPT_NATIVE"] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["PYFASTOPT_NATIVE"]
-        else:
-            os.environ["PYFASTOPT_NATIVE"] = old
 
 
 def make_params(dtype):
