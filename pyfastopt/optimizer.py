@@ -42,6 +42,9 @@ NATIVE_MT_NUMEL = 32768     # with torch threads > 1, params this large go to to
                             # (multi-threaded per tensor) rather than the single-threaded native ones
 
 
+_MISSING = object()
+
+
 class HyperLengthError(ValueError, AssertionError):
     "Raised when a hyper gets a number of values that is not the number of param groups."
 
@@ -286,8 +289,9 @@ class Optimizer(_BaseOptimizer):
 
     @property
     def state(self):
-        "Each param's state dict, keyed by the param tensor."
-        self._invalidate_plan()       # the caller may edit it: rebuild buckets before next step
+        """Each param's state dict, keyed by the param tensor; current whenever read here. Edits
+        to it are seen by the next step (which checks, cheaply, whether anything was changed)."""
+        self._sync_state(watch=True)
         return self._state
 
     @state.setter
@@ -404,9 +408,15 @@ class Optimizer(_BaseOptimizer):
 
     def _step_buckets(self):
         plan = self._plan
+        if plan is not None and plan.written is not None:
+            if self._state_unchanged():
+                plan.written = None
+            else:                       # edited since read: the dicts are the truth, rebuild
+                plan = self._plan = None
         if plan is None or not self._plan_matches():
             self._invalidate_plan()
             plan = self._plan = self._build_plan()
+        plan.stepped = True
         cbs, hypers = self.cbs, self.hypers
         for b in plan.buckets:
             hyper = hypers[b.group]
@@ -518,12 +528,36 @@ class Optimizer(_BaseOptimizer):
         return moved
 
     def _invalidate_plan(self):
-        "Write the buckets' state back into each param's state dict, then drop the buckets."
-        plan, self._plan = self._plan, None
+        "Bring the params' state dicts up to date with the buckets, then drop the buckets."
+        self._sync_state()
+        self._plan = None
+
+    def _sync_state(self, watch=False):
+        """Write the buckets' state into each param's state dict, if a step changed it since.
+        With `watch` (the caller may edit the dicts), remember what they hold, so that the next
+        step can tell whether anything was changed (`_state_unchanged`)."""
+        plan = self._plan
         if plan is None:
             return
-        for b in plan.buckets:
-            b.write_back(self._state)
+        if plan.stepped:
+            for b in plan.buckets:
+                b.write_back(self._state)
+            plan.stepped = False
+        if watch and plan.written is None:
+            st = self._state
+            plan.written = [(p, d, list(d.items()))
+                            for b in plan.buckets for p in b.params for d in (st[p],)]
+
+    def _state_unchanged(self):
+        "Do the watched state dicts still hold exactly the objects written into them?"
+        get = self._state.get
+        for p, d, items in self._plan.written:
+            if get(p) is not d or len(d) != len(items):
+                return False
+            for k, v in items:
+                if d.get(k, _MISSING) is not v:
+                    return False
+        return True
 
     # ---- grads and state -----------------------------------------------------------------------
     def zero_grad(self, set_to_none=False):
@@ -565,7 +599,7 @@ class Optimizer(_BaseOptimizer):
         """`{'state': {i: state of param i}, 'hypers': [...], 'param_groups': [...], 'kind': [...]}`,
         params numbered in group order. Plain containers only, so `torch.load` with
         `weights_only=True` reads it back."""
-        self._invalidate_plan()
+        self._sync_state()
         ps = [p for pl in self.param_lists for p in pl]
         state = {i: _plain(self._state[p]) for i, p in enumerate(ps)}
         hypers = [_plain(h) for h in self.hypers]
@@ -649,10 +683,13 @@ class Optimizer(_BaseOptimizer):
 
 class _Plan:
     "The buckets of one step, and the params, grads and steppers they were built from."
-    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten", "threads")
+    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten", "threads", "stepped",
+                 "written")
 
     def __init__(self):
         self.params, self.grads, self.buckets, self.cbs = [], [], [], []
+        self.stepped = False        # the buckets hold state newer than the params' dicts
+        self.written = None         # what `state` readers were shown: (param, dict, items)
         self.fused = self.flatten = True
         self.threads = None         # torch's thread count, where the plan depends on it
 

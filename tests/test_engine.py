@@ -151,3 +151,45 @@ def test_param_groups_are_live_views():
     assert g["lr"] == 0.25 and g["params"] == [p]
     assert dict(g) == {"params": [p], "wd": 0.01, "sqr_mom": 0.99, "lr": 0.25, "mom": 0.9,
                        "eps": 1e-5}
+
+
+def test_reading_state_keeps_the_buckets_unless_it_was_edited():
+    ps = [tst_param([1.0, 2.0]), tst_param([3.0])]
+    opt = Adam(ps, lr=0.1, wd=0.0)
+    opt.step()
+    plan = opt._plan
+    assert opt.state[ps[0]]["step"] == 1            # current when read ...
+    opt.step()
+    assert opt._plan is plan                        # ... and no rebuild for a read alone
+    assert opt.state[ps[1]]["step"] == 2
+    st = opt.state[ps[0]]
+    st["do_wd"] = False                             # an edit after a read: seen by the next step
+    opt.step()
+    assert opt._plan is not plan
+    assert opt.state[ps[0]]["do_wd"] is False and opt.state[ps[0]]["step"] == 3
+    assert opt.state[ps[1]]["step"] == 3
+
+
+def test_replacing_a_state_dict_after_reading_is_seen():
+    p = tst_param([1.0, 2.0], [0.1, 0.2])
+    opt = SGD([p], lr=0.1, mom=0.9)
+    opt.step()                                      # grad_avg = g, p = p - 0.1 g
+    opt.state[p] = {"grad_avg": torch.tensor([10.0, 10.0])}
+    opt.step()                                      # grad_avg = 9 + g
+    assert p.tolist() == pytest.approx([1 - 0.01 - 0.1 * 9.1, 2 - 0.02 - 0.1 * 9.2], rel=1e-6)
+    opt.state.pop(p)                                # state dropped: a fresh grad_avg
+    opt.step()
+    assert opt.state[p]["grad_avg"].tolist() == pytest.approx([0.1, 0.2], rel=1e-6)
+
+
+def test_state_read_between_steps_costs_no_rebuild():
+    ps = [torch.zeros(10) for _ in range(50)]
+    for q in ps:
+        q.grad = torch.ones(10)
+    opt = Adam(ps, lr=0.1)
+    opt.step()
+    plan = opt._plan
+    for i in range(5):
+        assert opt.state[ps[i]]["step"] == i + 1
+        opt.step()
+    assert opt._plan is plan
