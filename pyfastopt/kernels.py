@@ -22,6 +22,7 @@ import numbers
 from functools import partial
 
 import torch
+from torch.autograd.graph import increment_version
 
 from . import steppers as S
 
@@ -140,11 +141,13 @@ class AdamKernel(ChainKernel):
             torch._fused_adamw_(b.data, b.grad, m, v, [], self._step_tensors(bucket, step), lr=lr,
                                 beta1=mom, beta2=sqr_mom, weight_decay=fwd, eps=eps,
                                 amsgrad=False, maximize=False)
+            increment_version(b.data)   # torch's fused kernels do not bump it
         else:
             self._decay(bucket, lr, wd, do_wd)
             torch._fused_adam_(b.data, b.grad, m, v, [], self._step_tensors(bucket, step), lr=lr,
                                beta1=mom, beta2=sqr_mom, weight_decay=0., eps=eps,
                                amsgrad=False, maximize=False)
+            increment_version(b.data)   # torch's fused kernels do not bump it
         bucket.state["step"] = step
         return True
 
@@ -176,6 +179,7 @@ class RAdamKernel(ChainKernel):
         torch._fused_adam_(b.data, b.grad, m, v, [], self._step_tensors(bucket, step),
                            lr=lr * vr, beta1=mom, beta2=sqr_mom, weight_decay=0., eps=eps,
                            amsgrad=False, maximize=False)
+        increment_version(b.data)   # torch's fused kernels do not bump it
         bucket.state["step"] = step
         return True
 
@@ -198,6 +202,7 @@ class SGDMomentumKernel(ChainKernel):
         b = bucket.batch
         torch._fused_sgd_(b.data, b.grad, buf, weight_decay=0., momentum=mom, lr=lr,
                           dampening=0., nesterov=False, maximize=False, is_first_step=False)
+        increment_version(b.data)   # torch's fused kernels do not bump it
         return True
 
 

@@ -30,6 +30,7 @@ import warnings
 from functools import partial
 
 import torch
+from torch.autograd.graph import increment_version
 
 from . import steppers as S
 from .kernels import ChainKernel, _norm_cb
@@ -196,6 +197,8 @@ def lookahead_sync(slow, fast, alpha):
     fn = getattr(load(), f"pfo_lookahead_{_SUFFIX[s0.dtype]}")
     fn(n, arr(*[s.data_ptr() for s in slow]), arr(*[f.data_ptr() for f in fast]),
        (ctypes.c_int64 * n)(*[s.numel() for s in slow]), float(alpha))
+    increment_version(fast)
+    increment_version(slow)
     return True
 
 
@@ -299,12 +302,18 @@ class NativeKernel(ChainKernel):
         h[i], h[i + 1] = 1., 0.
         return 0
 
-    def _call(self, a, dtype, flags, *extra):
-        f = getattr(load(), f"pfo_{self.fn}_{_SUFFIX[dtype]}")
+    def _call(self, a, bucket, flags, *extra):
+        b = bucket.batch
+        f = getattr(load(), f"pfo_{self.fn}_{_SUFFIX[b.data[0].dtype]}")
         args = [a.n, a.P, a.G, a.M]
         if self.fn not in ("sgd", "larc"):
             args.append(a.V)
         f(*args, a.lens, a.h, flags, *extra)
+        # written through raw pointers: tell autograd, as torch's own in-place ops do, so that
+        # a graph that saved a param (or, with l2_reg, a grad) still refuses to backward
+        increment_version(b.data)
+        if flags & F_L2:
+            increment_version(b.grad)
 
 
 def _step_of(kw):
@@ -338,7 +347,7 @@ class SGDKernel(NativeKernel):
         flags = self._decay(lr, wd, kw.get("do_wd", True), h, 2)
         if self.has_mom:
             flags |= F_MOM
-        self._call(a, bucket.batch.data[0].dtype, flags)
+        self._call(a, bucket, flags)
         return True
 
 
@@ -370,7 +379,7 @@ class RMSPropKernel(NativeKernel):
         h[6], h[7] = 1., (1 - sqr_mom if self.damp2 else 1.)
         if self.has_mom:
             flags |= F_MOM
-        self._call(a, bucket.batch.data[0].dtype, flags)
+        self._call(a, bucket, flags)
         return True
 
 
@@ -397,7 +406,7 @@ class _AdamLike(NativeKernel):
         flags = self._decay(lr, wd, kw.get("do_wd", True), h, 4)
         h[6], h[7] = 1 - mom, (1 - sqr_mom if self.damp2 else 1.)
         flags |= self._fill(h, step, *hv)
-        self._call(a, bucket.batch.data[0].dtype, flags)
+        self._call(a, bucket, flags)
         bucket.state["step"] = step
         return True
 
@@ -494,7 +503,7 @@ class LarcKernel(NativeKernel):
         if a.out_lr is None:
             a.out_lr = (ctypes.c_double * a.n)()
             a.clipped = (ctypes.c_int32 * a.n)()
-        self._call(a, bucket.batch.data[0].dtype, flags, a.out_lr, a.clipped)
+        self._call(a, bucket, flags, a.out_lr, a.clipped)
         # the arrays are only read when the state is written back, before the next call
         bucket.state["local_lr"] = LocalLR(a.out_lr, a.clipped, lr, bucket.batch.data[0].dtype)
         return True

@@ -193,3 +193,22 @@ def test_state_read_between_steps_costs_no_rebuild():
         assert opt.state[ps[i]]["step"] == i + 1
         opt.step()
     assert opt._plan is plan
+
+
+@pytest.mark.parametrize("native_on", [True, False])
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, mom=0.9),
+                                  lambda ps: Adam(ps, lr=0.1, decouple_wd=False),
+                                  lambda ps: Lookahead(SGD(ps, lr=0.1), k=1)])
+def test_a_step_between_forward_and_backward_is_refused_as_in_torch(native_on, make):
+    "Every path bumps autograd's version counters, so a graph that saved a param refuses."
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    w.grad = torch.zeros(3)
+    opt = make([w])
+    loss = (w * w).sum()                    # saves w for the backward pass
+    env = {} if native_on else {"PYFASTOPT_NATIVE": "0"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
