@@ -6,14 +6,29 @@
 # rstudio/reticulate#1236). The fix: do not run that R shutdown (R's .Last and
 # exit finalizers are skipped) and remove R's session temp folder from
 # Python's exit instead. Off with options(pyfastopt.rpy2_exit_fix = FALSE).
+# Second crash: reticulate 1.28 starts a thread that keeps scheduling calls into
+# the Python interpreter (Py_AddPendingCall every 250 ms) and is never
+# stopped; once Python has finalized its interpreter, the next call segfaults
+# (about 1 exit in 4 here). So once Python's own exit work is done, the
+# process ends at the first C exit handler with the same exit status:
+# glibc's on_exit() calls _exit(status), before the libraries' slow static
+# destructors (torch's) leave the thread time to fire.
 .rpy2_exit_fix <- function() {
   if (isFALSE(getOption("pyfastopt.rpy2_exit_fix", TRUE))) return(invisible(FALSE))
   code <- paste(
-    "import sys, atexit, shutil",
+    "import sys, atexit, shutil, ctypes",
     "_ri = sys.modules.get('rpy2.rinterface')",
     "applied = False",
     "if _ri is not None and hasattr(_ri, 'endr'):",
     "    atexit.unregister(_ri.endr)",
+    "    try:",
+    "        _libc = ctypes.CDLL(None)",
+    "        _libc.fflush.argtypes = [ctypes.c_void_p]",
+    "        atexit.register(_libc.fflush, None)",
+    "        _libc.on_exit.argtypes = [ctypes.c_void_p, ctypes.c_void_p]",
+    "        _libc.on_exit(ctypes.cast(_libc._exit, ctypes.c_void_p), None)",
+    "    except (OSError, AttributeError):",
+    "        pass",
     "    atexit.register(shutil.rmtree, R_TEMPDIR, True)",
     "    applied = True",
     sep = "\n")
@@ -44,8 +59,11 @@
 #' Separately, when the package finds it is running under rpy2, it stops
 #' rpy2 from shutting R down at Python's exit (that shutdown crashes the same
 #' way, after all the work is done) and removes R's temporary folder
-#' instead; `options(pyfastopt.rpy2_exit_fix = FALSE)` before the first call
-#' turns this off.
+#' instead; and once Python's own exit work is done, it ends the process with
+#' its exit status before C libraries' exit handlers run (reticulate 1.28
+#' leaves a thread that would call into the finalized interpreter).
+#' `options(pyfastopt.rpy2_exit_fix = FALSE)` before the first call turns
+#' this off.
 #'
 #' @param expr R code.
 #' @return The value of `expr`.
