@@ -226,10 +226,14 @@ class _Arrays:
             and list(map(torch.Tensor.data_ptr, grads)) == self.gptr
 
 
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def _tensor_ok(t, like):
-    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == like.dtype \
-        and t.device.type == "cpu" and t.shape == like.shape and t.is_contiguous() \
-        and not t.is_sparse and t.layout == torch.strided and not t.is_conj() and not t.is_neg()
+    "A plain, dense, contiguous CPU tensor of `like`'s dtype and shape (cheap checks first)."
+    return type(t) in _PLAIN_TYPES and t.is_cpu and t.dtype == like.dtype \
+        and t.layout is torch.strided and t.is_contiguous() and not t.is_conj() \
+        and not t.is_neg() and (t is like or t.shape == like.shape)
 
 
 def param_ok(p):
@@ -284,10 +288,12 @@ class NativeKernel(ChainKernel):
         m = self._zeros(bucket, "grad_avg") if self.uses_m else None
         v = self._zeros(bucket, "sqr_avg") if self.uses_v else None
         a = ks.get("native")
-        if a is not None and a.valid(ps, gs, m, v):
-            return a
-        if not self.usable(bucket):          # a storage was swapped: check it all again
-            return None
+        if a is not None:
+            if a.valid(ps, gs, m, v):
+                return a
+            if not self.usable(bucket):      # a storage was swapped: check it all again
+                return None
+        # (else: first call; the plan attached this kernel only after `usable(bucket)`)
         a = ks["native"] = _Arrays(ps, gs, m, v, self.nh)
         return a
 
