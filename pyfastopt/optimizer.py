@@ -13,6 +13,7 @@ Where things live:
   `state` (which might be edited).
 """
 import copy
+import functools
 import math
 import numbers
 import operator
@@ -78,6 +79,35 @@ def _init_torch_base(opt, defaults):
         setattr(opt, name, OrderedDict())
     opt._patch_step_function()
     opt._warned_capturable_if_run_uncaptured = True
+
+
+def _state_dict_hooks(fn):
+    "Run torch's state_dict pre/post hooks around `fn`, as `torch.optim.Optimizer` does."
+    @functools.wraps(fn)
+    def state_dict(self):
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        sd = fn(self)
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            res = hook(self, sd)
+            if res is not None:
+                sd = res
+        return sd
+    return state_dict
+
+
+def _load_state_dict_hooks(fn):
+    "Run torch's load_state_dict pre/post hooks around `fn`, as `torch.optim.Optimizer` does."
+    @functools.wraps(fn)
+    def load_state_dict(self, state_dict):
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            res = hook(self, state_dict)
+            if res is not None:
+                state_dict = res
+        fn(self, state_dict)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+    return load_state_dict
 
 
 class ParamGroup(MutableMapping):
@@ -595,6 +625,7 @@ class Optimizer(_BaseOptimizer):
         "What makes two optimizers' states interchangeable: the names of the steppers."
         return [_stepper_name(cb) for cb in self.cbs]
 
+    @_state_dict_hooks
     def state_dict(self):
         """`{'state': {i: state of param i}, 'hypers': [...], 'param_groups': [...], 'kind': [...]}`,
         params numbered in group order. Plain containers only, so `torch.load` with
@@ -609,6 +640,7 @@ class Optimizer(_BaseOptimizer):
             start += len(pl)
         return {"state": state, "hypers": hypers, "param_groups": groups, "kind": self.kind()}
 
+    @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
         "Load a `state_dict()`; everything is checked before anything changes."
         hypers, states = self._checked_state(state_dict)

@@ -5,7 +5,8 @@ import torch
 
 from . import native
 from .foundation import L, is_listy, range_of
-from .optimizer import HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base
+from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
+                        _load_state_dict_hooks, _state_dict_hooks)
 from .validation import as_int, check_hyper
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
@@ -105,6 +106,7 @@ class Lookahead(Optimizer):
     def kind(self):
         return ["Lookahead", *self.opt.kind()]
 
+    @_state_dict_hooks
     def state_dict(self):
         sd = self.opt.state_dict()
         sd["kind"] = self.kind()
@@ -113,6 +115,7 @@ class Lookahead(Optimizer):
             [list(sl) for sl in self.slow_weights]
         return sd
 
+    @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
         if not isinstance(state_dict, dict):
             raise ValueError("state_dict must be a dict (as returned by state_dict())")
@@ -214,11 +217,13 @@ class OptimWrapper(_BaseOptimizer):
     def zero_grad(self, set_to_none=True):
         return self.opt.zero_grad(set_to_none=set_to_none)
 
+    @_state_dict_hooks
     def state_dict(self):
         return self.opt.state_dict()
 
+    @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
-        return self.opt.load_state_dict(state_dict)
+        self.opt.load_state_dict(state_dict)
 
     def add_param_group(self, param_group):
         return self.opt.add_param_group(param_group)

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pyfastopt import SGD, Adam, Lamb
+from pyfastopt import SGD, Adam, Lamb, OptimWrapper, ranger
 
 STEPS = 3
 
@@ -111,3 +111,24 @@ def test_sgd_momentum_under_autocast_bfloat16_params():
     # grad_avg: 0.25 then 0.25*1.9 = 0.475; p = 1 - 0.125 - 0.2375 = 0.6375 (bf16-rounded)
     assert opt.state[p]["grad_avg"].dtype == torch.bfloat16
     assert p.float().tolist() == pytest.approx([0.6375] * 4, abs=4e-3)
+
+
+@pytest.mark.parametrize("make", [lambda ps: Adam(ps, lr=0.1), lambda ps: ranger(ps, lr=0.1),
+                                  lambda ps: OptimWrapper(ps, torch.optim.SGD, lr=0.1)])
+def test_torch_step_and_state_dict_hooks_run(make):
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    opt = make([p])
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("step_pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("step_post"))
+    opt.register_state_dict_pre_hook(lambda o: calls.append("sd_pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "extra": 1})
+    opt.register_load_state_dict_pre_hook(
+        lambda o, sd: calls.append("load_pre") or {k: v for k, v in sd.items() if k != "extra"})
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load_post"))
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["extra"] == 1                      # a post hook may replace the dict
+    opt.load_state_dict(sd)                      # the pre hook drops what the loader would refuse
+    assert calls == ["step_pre", "step_post", "sd_pre", "load_pre", "load_post"]
