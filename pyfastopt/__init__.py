@@ -3,8 +3,8 @@ from .foundation import L, tensor, tst_param
 from .optimizer import Optimizer
 from .steppers import (adam_step, average_grad, average_sqr_grad, debias, l2_reg, lamb_step,
                        larc_layer_lr, larc_step, momentum_step, multi_tensor, qhadam_step,
-                       radam_step, rms_prop_step, sgd_step, step_stat, weight_decay)
-from .factories import SGD, Adam, Lamb, Larc, QHAdam, RAdam, RMSProp, ranger
+                       radam_step, rms_prop_step, sgd_step, step_stat, weight_decay, lion_step)
+from .optimizers import SGD, Adam, Lamb, Larc, Lion, QHAdam, RAdam, RMSProp, ranger
 from .wrappers import Lookahead, OptimWrapper, detuplify_pg, pytorch_hp_map, set_item_pg
 
 __version__ = "0.1.0"
@@ -14,4 +14,4 @@ __all__ = ["pytorch_hp_map", "Optimizer", "sgd_step", "weight_decay", "l2_reg", 
            "debias", "adam_step", "Adam", "radam_step", "RAdam", "qhadam_step", "QHAdam",
            "larc_layer_lr", "larc_step", "Larc", "lamb_step", "Lamb", "Lookahead", "ranger",
            "detuplify_pg", "set_item_pg", "OptimWrapper", "L", "tensor", "tst_param",
-           "multi_tensor"]
+           "multi_tensor", "Lion", "lion_step"]

@@ -14,7 +14,7 @@ The steppers' math is not rewritten: they run on a `FlatList` (a TensorList of o
 that knows the params' segments). Elementwise ops are the same; the few per-param reductions
 (`norm`, `rms`) return `SegValues` (one value per param, in one 1-D tensor), which broadcast back
 over the segments when they meet a FlatList. Only chains made of the built-in steppers are
-flattened (`FLAT_SAFE`): a user stepper might treat its TensorList per tensor.
+flattened (`flat_safe`, from the recipes): a user stepper might treat its TensorList per tensor.
 """
 import operator
 
@@ -24,16 +24,16 @@ import torch.nn.functional as F
 from . import steppers as S
 from .tensor_list import ParamBatch, TensorList
 
-__all__ = ["FlatList", "SegValues", "Segments", "FLAT_SAFE", "flat_safe"]
+__all__ = ["FlatList", "SegValues", "Segments", "flat_safe"]
 
-FLAT_SAFE = {S.sgd_step, S.weight_decay, S.l2_reg, S.average_grad, S.average_sqr_grad,
-             S.momentum_step, S.rms_prop_step, S.step_stat, S.adam_step, S.radam_step,
-             S.qhadam_step, S.larc_layer_lr, S.larc_step, S.lamb_step}
 MUTATES_GRAD = {S.l2_reg}
 
 
 def flat_safe(funcs):
-    return all(f in FLAT_SAFE for f in funcs)
+    "Are all these steppers flat-safe: the decay steppers and those of flat-safe recipes?"
+    from .recipe import flat_safe_steppers
+    safe = flat_safe_steppers()
+    return all(f in safe for f in funcs)
 
 
 class Segments:

@@ -12,14 +12,16 @@ the source, the flags, the compiler and the CPU, written atomically, and loaded 
 compiler, a failed compile (one warning) or `PYFASTOPT_NATIVE=0` leave everything on the torch
 paths, with the same numbers.
 
-`match_chain(cbs)` returns the `NativeKernel` for a chain, or None. A kernel runs a CPU bucket of
-contiguous float32/float64 tensors whose hypers are plain numbers; it reads and writes the state
-the chain would (`grad_avg`, `sqr_avg` per-param tensors, `step` an int, Larc's `local_lr`).
+What each chain's C function takes is a named struct of `csrc/pyfastopt_kernels.h`, mirrored
+here (`Bucket`, `Decay`, `Moments`) and in each family's recipe (`optimizers/<family>.py`, which
+also packs the hypers). `kernel_for(match)` returns the `NativeKernel` that runs a recognised
+chain: a CPU bucket of contiguous float32/float64 tensors whose hypers are plain numbers, reading
+and writing the state the chain would (`grad_avg`, `sqr_avg` per-param tensors, `step` an int,
+Larc's `local_lr`).
 """
 import contextlib
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -27,21 +29,22 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from functools import partial
 
 import torch
 from torch.autograd.graph import increment_version
 
-from . import steppers as S
-from .kernels import ChainKernel, _norm_cb
-from .tensor_list import TensorList
+from .recipe import chain_hypers, chain_step, plain_number
+from .tensor_list import TensorList, zeros_like
 
-__all__ = ["available", "enabled", "load", "match_chain", "NativeKernel", "compile_info"]
+__all__ = ["available", "enabled", "load", "kernel_for", "NativeKernel", "compile_info", "Decay",
+           "Moments", "Bucket", "doubles", "fill_moments", "lookahead_sync"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "pyfastopt_kernels.c")
+HEADER = os.path.join(os.path.dirname(SOURCE), "pyfastopt_kernels.h")
 CFLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off",
           "-fno-math-errno"]
-F_DECAY, F_L2, F_MOM, F_RECT, F_CLIP, F_EPS = 1, 2, 4, 8, 16, 32
+F_DECAY, F_L2, F_MOM, F_ADAPTIVE, F_CLIP, F_EPS = 1, 2, 4, 8, 16, 32     # as in the C header
+ABI_VERSION = 2
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 _lib = None            # the loaded library, False once loading failed (never retried)
@@ -90,6 +93,15 @@ def _warn(msg):
                       stacklevel=3)
 
 
+def source_text():
+    "The kernels' translation unit: the C file with its header inlined (one file to compile and hash)."
+    with open(HEADER) as f:
+        header = f.read()
+    with open(SOURCE) as f:
+        src = f.read()
+    return src.replace('#include "pyfastopt_kernels.h"', header, 1)
+
+
 def _compile(cc, src_text, out):
     d = os.path.dirname(out)
     os.makedirs(d, exist_ok=True)
@@ -119,8 +131,7 @@ def load():
         return None
     cc = find_compiler()
     try:
-        with open(SOURCE) as f:
-            src = f.read()
+        src = source_text()
     except OSError as e:
         _warn(f"source missing: {e}")
         return None
@@ -143,12 +154,10 @@ def load():
             _compile(cc, src, path)
             compiled = True
         lib = ctypes.CDLL(path)
-        if lib.pfo_abi_version() != 1:
-            raise RuntimeError("ABI version mismatch")
+        _declare(lib)
     except Exception as e:  # noqa: BLE001 - any failure means: stay on the torch paths
         _warn(str(e))
         return None
-    _declare(lib)
     compile_info.update(path=path, compiled=compiled, seconds=time.perf_counter() - t0)
     _lib = lib
     return lib
@@ -159,32 +168,63 @@ def available():
     return enabled() and load() is not None
 
 
+# ---- the boundary: ctypes mirrors of the structs of csrc/pyfastopt_kernels.h -------------------
+def doubles(*names):
+    "ctypes fields for C doubles named `names`."
+    return [(n, ctypes.c_double) for n in names]
+
+
+class Decay(ctypes.Structure):
+    "pfo_decay: the chain's first stepper (p *= mul with F_DECAY, g += l2 * p with F_L2)."
+    _c_name_ = "pfo_decay"
+    _fields_ = doubles("mul", "l2")
+
+
+class Moments(ctypes.Structure):
+    "pfo_moments: m = mom * m + damp1 * g; v = sqr_mom * v + damp2 * g * g."
+    _c_name_ = "pfo_moments"
+    _fields_ = doubles("mom", "sqr_mom", "damp1", "damp2")
+
+
+class Bucket(ctypes.Structure):
+    "pfo_bucket: n tensors, one data-pointer array per role (null where a chain has no such state)."
+    _c_name_ = "pfo_bucket"
+    _fields_ = [("n", ctypes.c_int64), ("p", ctypes.c_void_p), ("g", ctypes.c_void_p),
+                ("m", ctypes.c_void_p), ("v", ctypes.c_void_p), ("len", ctypes.c_void_p),
+                ("out_lr", ctypes.c_void_p), ("clipped", ctypes.c_void_p)]
+
+
+def _structs():
+    from .recipe import recipes
+    return [Bucket, Decay, Moments] + [r.native.hypers for r in recipes() if r.native is not None]
+
+
 def _declare(lib):
-    vp, i64p, dp = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
-    c_int = ctypes.c_int
-    sig = {
-        "sgd": [c_int, vp, vp, vp, i64p, dp, c_int],
-        "rmsprop": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
-        "adam": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
-        "qhadam": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
-        "larc": [c_int, vp, vp, vp, i64p, dp, c_int, vp, vp],
-        "lamb": [c_int, vp, vp, vp, vp, i64p, dp, c_int],
-        "lookahead": [c_int, vp, vp, i64p, ctypes.c_double],
-    }
-    for name, args in sig.items():
-        for sfx in ("f32", "f64"):
-            f = getattr(lib, f"pfo_{name}_{sfx}")
-            f.argtypes, f.restype = args, None
-
-
-def _num(x):
-    return type(x) in (float, int) and math.isfinite(x)
+    """Check the library against this module (ABI version, every struct's size) and declare the
+    kernels' signatures; raises if anything is missing or differs (the torch paths run then)."""
+    if lib.pfo_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"ABI version {lib.pfo_abi_version()}, expected {ABI_VERSION}")
+    lib.pfo_sizeof.argtypes, lib.pfo_sizeof.restype = [ctypes.c_char_p], ctypes.c_int64
+    for st in _structs():
+        size = lib.pfo_sizeof(st._c_name_.encode())
+        if size != ctypes.sizeof(st):
+            raise RuntimeError(f"struct {st._c_name_} is {size} bytes in C, "
+                               f"{ctypes.sizeof(st)} in Python")
+    from .recipe import recipes
+    vp = ctypes.c_void_p
+    for sfx in _SUFFIX.values():
+        for r in recipes():
+            if r.native is not None:
+                f = getattr(lib, f"pfo_{r.native.fn}_{sfx}")
+                f.argtypes, f.restype = [vp, vp, ctypes.c_int], None
+        f = getattr(lib, f"pfo_lookahead_{sfx}")
+        f.argtypes, f.restype = [ctypes.c_int64, vp, vp, vp, ctypes.c_double], None
 
 
 def lookahead_sync(slow, fast, alpha):
     """Lookahead's `slow += alpha * (fast - slow); fast = slow` over two lists of CPU tensors of
     one float dtype, in one native pass. Returns False (nothing done) where it does not apply."""
-    if not slow or not enabled() or load() is None or not _num(alpha):
+    if not slow or not enabled() or load() is None or not plain_number(alpha):
         return False
     s0 = slow[0]
     if s0.dtype not in _SUFFIX or s0.device.type != "cpu":
@@ -200,30 +240,6 @@ def lookahead_sync(slow, fast, alpha):
     increment_version(fast)
     increment_version(slow)
     return True
-
-
-class _Arrays:
-    "The pointer and length arrays of a bucket, built once, rebuilt when a storage moves."
-    __slots__ = ("n", "lens", "P", "G", "M", "V", "pptr", "gptr", "m_list", "v_list", "h",
-                 "out_lr", "clipped", "args")
-
-    def __init__(self, params, grads, m_list, v_list, nh):
-        n = self.n = len(params)
-        arr = ctypes.c_void_p * n
-        self.pptr = [p.data_ptr() for p in params]
-        self.gptr = [g.data_ptr() for g in grads]
-        self.P, self.G = arr(*self.pptr), arr(*self.gptr)
-        self.M = arr(*[t.data_ptr() for t in m_list]) if m_list is not None else None
-        self.V = arr(*[t.data_ptr() for t in v_list]) if v_list is not None else None
-        self.m_list, self.v_list = m_list, v_list
-        self.lens = (ctypes.c_int64 * n)(*[p.numel() for p in params])
-        self.h = (ctypes.c_double * nh)()
-        self.out_lr = self.clipped = None
-
-    def valid(self, params, grads, m_list, v_list):
-        return m_list is self.m_list and v_list is self.v_list \
-            and list(map(torch.Tensor.data_ptr, params)) == self.pptr \
-            and list(map(torch.Tensor.data_ptr, grads)) == self.gptr
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -255,18 +271,74 @@ class LocalLR:
         return TensorList(self.lr if c else t for t, c in zip(ts, self.clipped))
 
 
-class NativeKernel(ChainKernel):
-    "Base: one native chain function over a bucket (see the module docstring)."
-    name = "?"
-    fn = "?"
-    needs = ()
-    uses_m = uses_v = False
-    nh = 16
-    _is_num = staticmethod(_num)        # ctypes takes Python numbers only
+class _Arrays:
+    "A bucket's pfo_bucket and the pointer arrays behind it, built once, rebuilt when a storage moves."
+    __slots__ = ("n", "pptr", "gptr", "m_list", "v_list", "keep", "bucket", "addr", "out_lr",
+                 "clipped")
+
+    def __init__(self, params, grads, m_list, v_list, local_lr):
+        n = self.n = len(params)
+        arr = ctypes.c_void_p * n
+        self.pptr = [p.data_ptr() for p in params]
+        self.gptr = [g.data_ptr() for g in grads]
+        self.m_list, self.v_list = m_list, v_list
+        P, G = arr(*self.pptr), arr(*self.gptr)
+        M = arr(*[t.data_ptr() for t in m_list]) if m_list is not None else None
+        V = arr(*[t.data_ptr() for t in v_list]) if v_list is not None else None
+        lens = (ctypes.c_int64 * n)(*[p.numel() for p in params])
+        self.out_lr = (ctypes.c_double * n)() if local_lr else None
+        self.clipped = (ctypes.c_int32 * n)() if local_lr else None
+        self.keep = (P, G, M, V, lens)          # the C struct points into these
+        addr = ctypes.addressof
+        self.bucket = Bucket(n, addr(P), addr(G), M and addr(M), V and addr(V), addr(lens),
+                             self.out_lr and addr(self.out_lr),
+                             self.clipped and addr(self.clipped))
+        self.addr = addr(self.bucket)
+
+    def valid(self, params, grads, m_list, v_list):
+        return m_list is self.m_list and v_list is self.v_list \
+            and list(map(torch.Tensor.data_ptr, params)) == self.pptr \
+            and list(map(torch.Tensor.data_ptr, grads)) == self.gptr
 
 
+def fill_decay(d, decoupled, lr, wd, do_wd):
+    "The decay stepper's part of a kernel's hypers; returns its flag."
+    if do_wd and wd != 0:
+        if decoupled:
+            d.mul, d.l2 = 1 - lr * wd, 0.
+            return F_DECAY
+        d.mul, d.l2 = 1., wd
+        return F_L2
+    d.mul, d.l2 = 1., 0.
+    return 0
+
+
+def fill_moments(avg, mom, sqr_mom, damp1, damp2):
+    "The moving averages' part of a kernel's hypers."
+    avg.mom, avg.sqr_mom, avg.damp1, avg.damp2 = mom, sqr_mom, damp1, damp2
+
+
+class NativeKernel:
+    """Runs a recipe's chain on a CPU bucket with one C call (the recipe's `NativeSpec`): the
+    generic part — checks, pointer arrays, decay, the call, autograd's version counters and the
+    state it writes back — is here once; what differs per family is the spec's `fill`."""
+    backend = "native"
+
+    def __init__(self, match):
+        self.match, self.recipe, self.spec = match, match.recipe, match.recipe.native
+        self.decoupled, self.options = match.decoupled, match.options
+        self.needs = self.spec.needs(self.options)
+        self.state_keys = self.spec.state(self.options)
+        self.uses_m = "grad_avg" in self.state_keys
+        self.uses_v = "sqr_avg" in self.state_keys
+        self.h = self.spec.hypers()
+        self.h_addr = ctypes.addressof(self.h)
+
+    def __repr__(self):
+        return f"NativeKernel({self.match})"
 
     def usable(self, bucket):
+        "Can the C function take this bucket's tensors (checked when the bucket is built)?"
         if not enabled() or load() is None:
             return False
         ps = bucket.batch.data
@@ -276,11 +348,19 @@ class NativeKernel(ChainKernel):
         for p, g in zip(ps, bucket.batch.grad):
             if g is None or p.dtype != p0.dtype or not _tensor_ok(p, p) or not _tensor_ok(g, p):
                 return False
-        for k, v in bucket.state.items():
-            if isinstance(v, TensorList) and k in ("grad_avg", "sqr_avg"):
-                if len(v) != len(ps) or not all(_tensor_ok(t, p) for t, p in zip(v, ps)):
-                    return False
+        for k in self.state_keys:
+            v = bucket.state.get(k)
+            if isinstance(v, TensorList) and (len(v) != len(ps) or
+                                              not all(_tensor_ok(t, p) for t, p in zip(v, ps))):
+                return False
         return True
+
+    def _zeros(self, bucket, key):
+        st = bucket.state
+        v = st.get(key)
+        if v is None:
+            v = st[key] = zeros_like(bucket.batch.grad)
+        return v
 
     def _arrays(self, bucket):
         ks = bucket.kernel_state
@@ -294,269 +374,39 @@ class NativeKernel(ChainKernel):
             if not self.usable(bucket):      # a storage was swapped: check it all again
                 return None
         # (else: first call; the plan attached this kernel only after `usable(bucket)`)
-        a = ks["native"] = _Arrays(ps, gs, m, v, self.nh)
+        a = ks["native"] = _Arrays(ps, gs, m, v, self.spec.local_lr)
         return a
 
-    def _decay(self, lr, wd, do_wd, h, i):
-        "Fill decay_mul and l2_wd at h[i], h[i+1]; the flags they need."
-        if do_wd and wd != 0:
-            if self.decoupled:
-                h[i], h[i + 1] = 1 - lr * wd, 0.
-                return F_DECAY
-            h[i], h[i + 1] = 1., wd
-            return F_L2
-        h[i], h[i + 1] = 1., 0.
-        return 0
-
-    def _call(self, a, bucket, flags, *extra):
+    def __call__(self, bucket, kw):
+        hv = chain_hypers(kw, self.needs)
+        if hv is None:
+            return False
+        step = chain_step(kw) if self.spec.counts_steps else None
+        if self.spec.counts_steps and step is None:
+            return False
+        h = self.h
+        flags = self.spec.fill(h, self.options, hv, step)
+        if flags is None:
+            return False
+        flags |= fill_decay(h.decay, self.decoupled, hv["lr"], hv["wd"], kw.get("do_wd", True))
+        a = self._arrays(bucket)
+        if a is None:
+            return False
         b = bucket.batch
-        f = getattr(load(), f"pfo_{self.fn}_{_SUFFIX[b.data[0].dtype]}")
-        args = [a.n, a.P, a.G, a.M]
-        if self.fn not in ("sgd", "larc"):
-            args.append(a.V)
-        f(*args, a.lens, a.h, flags, *extra)
+        getattr(load(), f"pfo_{self.spec.fn}_{_SUFFIX[b.data[0].dtype]}")(a.addr, self.h_addr, flags)
         # written through raw pointers: tell autograd, as torch's own in-place ops do, so that
         # a graph that saved a param (or, with l2_reg, a grad) still refuses to backward
         increment_version(b.data)
         if flags & F_L2:
             increment_version(b.grad)
-
-
-def _step_of(kw):
-    step = kw.get("step", 0)
-    if type(step) is not int:
-        return None
-    return step + 1
-
-
-class SGDKernel(NativeKernel):
-    "[wd|l2, average_grad (undampened) if mom, momentum_step | sgd_step]"
-    name, fn = "native_sgd", "sgd"
-
-    def __init__(self, decoupled, mom):
-        super().__init__(decoupled)
-        self.has_mom = mom
-        self.needs = ("lr", "mom", "wd") if mom else ("lr", "wd")
-        self.uses_m = mom
-
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        if hv is None:
-            return False
-        lr, wd = hv[0], hv[-1]
-        mom = hv[1] if self.has_mom else 0.
-        a = self._arrays(bucket)
-        if a is None:
-            return False
-        h = a.h
-        h[0], h[1], h[4] = lr, mom, 1.
-        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 2)
-        if self.has_mom:
-            flags |= F_MOM
-        self._call(a, bucket, flags)
+        if step is not None:
+            bucket.state["step"] = step
+        if self.spec.local_lr:
+            # the arrays are only read when the state is written back, before the next call
+            bucket.state["local_lr"] = LocalLR(a.out_lr, a.clipped, hv["lr"], b.data[0].dtype)
         return True
 
 
-class RMSPropKernel(NativeKernel):
-    "[wd|l2, average_grad (undampened) if mom, average_sqr_grad, rms_prop_step]"
-    name, fn = "native_rmsprop", "rmsprop"
-    uses_v = True
-
-    def __init__(self, decoupled, mom, damp2):
-        super().__init__(decoupled)
-        self.has_mom, self.damp2 = mom, damp2
-        self.uses_m = mom
-        self.needs = ("lr", "mom", "sqr_mom", "eps", "wd") if mom else ("lr", "sqr_mom", "eps", "wd")
-
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        if hv is None:
-            return False
-        if self.has_mom:
-            lr, mom, sqr_mom, eps, wd = hv
-        else:
-            (lr, sqr_mom, eps, wd), mom = hv, 0.
-        a = self._arrays(bucket)
-        if a is None:
-            return False
-        h = a.h
-        h[0], h[1], h[2], h[3] = lr, mom, sqr_mom, eps
-        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 4)
-        h[6], h[7] = 1., (1 - sqr_mom if self.damp2 else 1.)
-        if self.has_mom:
-            flags |= F_MOM
-        self._call(a, bucket, flags)
-        return True
-
-
-class _AdamLike(NativeKernel):
-    """The Adam family's kernels: the moving averages and step count of the chain, then the last
-    stepper's update, which `_fill` sets up (hypers into `h`, extra flags; None to decline)."""
-    uses_m = uses_v = True
-
-    def __init__(self, decoupled, damp2):
-        super().__init__(decoupled)
-        self.damp2 = damp2
-
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        step = _step_of(kw)
-        if hv is None or step is None or not self._applies(hv):
-            return False
-        lr, mom, sqr_mom, eps, wd = hv[:5]
-        a = self._arrays(bucket)
-        if a is None:
-            return False
-        h = a.h
-        h[1], h[2], h[3] = mom, sqr_mom, eps
-        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 4)
-        h[6], h[7] = 1 - mom, (1 - sqr_mom if self.damp2 else 1.)
-        flags |= self._fill(h, step, *hv)
-        self._call(a, bucket, flags)
-        bucket.state["step"] = step
-        return True
-
-    def _applies(self, hv):
-        return True
-
-
-class AdamKernel(_AdamLike):
-    "[wd|l2, average_grad(dampening=True), average_sqr_grad, step_stat, adam_step]"
-    name, fn = "native_adam", "adam"
-    needs = ("lr", "mom", "sqr_mom", "eps", "wd")
-
-    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd):
-        h[0] = -lr / S.debias(mom, 1 - mom, step)
-        h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
-        return F_RECT | F_EPS
-
-
-class RAdamKernel(_AdamLike):
-    "[wd|l2, average_grad(dampening=True), average_sqr_grad, step_stat, radam_step], beta == 0"
-    name, fn = "native_radam", "adam"
-    needs = ("lr", "mom", "sqr_mom", "eps", "wd", "beta")
-
-    def _applies(self, hv):
-        return not hv[5]                  # SAdam (beta != 0): softplus, the chain runs
-
-    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd, beta):
-        debias1 = S.debias(mom, 1 - mom, step)
-        h[8] = S.debias(sqr_mom, 1 - sqr_mom, step)
-        r_inf = 2 / (1 - sqr_mom) - 1
-        r = r_inf - 2 * step * sqr_mom ** step / (1 - sqr_mom ** step)
-        if r > 5:
-            v = math.sqrt(((r - 4) * (r - 2) * r_inf) / ((r_inf - 4) * (r_inf - 2) * r))
-            h[0] = -lr * v / debias1
-            return F_RECT | (F_EPS if eps else 0)
-        h[0] = -lr / debias1
-        return 0
-
-
-class QHAdamKernel(_AdamLike):
-    "[wd|l2, average_grad(dampening=True), average_sqr_grad(dampening=True), step_stat, qhadam_step]"
-    name, fn = "native_qhadam", "qhadam"
-    needs = ("lr", "mom", "sqr_mom", "eps", "wd", "nu_1", "nu_2")
-
-    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd, nu_1, nu_2):
-        h[0] = lr
-        h[8] = S.debias(mom, 1 - mom, step)
-        h[9] = S.debias(sqr_mom, 1 - sqr_mom, step)
-        h[10], h[11], h[12], h[13] = 1 - nu_1, nu_1, 1 - nu_2, nu_2
-        return 0
-
-
-class LambKernel(_AdamLike):
-    "[wd|l2, average_grad(dampening=True), average_sqr_grad, step_stat, lamb_step]"
-    name, fn = "native_lamb", "lamb"
-    needs = ("lr", "mom", "sqr_mom", "eps", "wd")
-
-    def _fill(self, h, step, lr, mom, sqr_mom, eps, wd):
-        h[0] = lr
-        h[8] = S.debias(mom, 1 - mom, step)
-        h[9] = S.debias(sqr_mom, 1 - sqr_mom, step)
-        return 0
-
-
-class LarcKernel(NativeKernel):
-    "[wd|l2, average_grad (undampened) if mom, larc_layer_lr(clip), larc_step]"
-    name, fn = "native_larc", "larc"
-
-    def __init__(self, decoupled, mom, clip):
-        super().__init__(decoupled)
-        self.has_mom, self.clip = mom, clip
-        self.uses_m = mom
-        self.needs = ("lr", "mom", "wd", "trust_coeff", "eps") if mom else \
-            ("lr", "wd", "trust_coeff", "eps")
-
-    def __call__(self, bucket, kw):
-        hv = self._hypers(kw)
-        if hv is None:
-            return False
-        if self.has_mom:
-            lr, mom, wd, tc, eps = hv
-        else:
-            (lr, wd, tc, eps), mom = hv, 0.
-        a = self._arrays(bucket)
-        if a is None:
-            return False
-        h = a.h
-        h[0], h[1], h[4], h[5], h[6], h[7] = lr, mom, 1., lr * tc, wd, eps
-        flags = self._decay(lr, wd, kw.get("do_wd", True), h, 2)
-        if self.has_mom:
-            flags |= F_MOM
-        if self.clip:
-            flags |= F_CLIP
-        if a.out_lr is None:
-            a.out_lr = (ctypes.c_double * a.n)()
-            a.clipped = (ctypes.c_int32 * a.n)()
-        self._call(a, bucket, flags, a.out_lr, a.clipped)
-        # the arrays are only read when the state is written back, before the next call
-        bucket.state["local_lr"] = LocalLR(a.out_lr, a.clipped, lr, bucket.batch.data[0].dtype)
-        return True
-
-
-def match_chain(cbs):
-    "The NativeKernel for stepper chain `cbs` (a built-in factory's), or None."
-    n = [_norm_cb(cb) for cb in cbs]
-    if not n or any(x is None for x in n) or n[0][0] not in (S.weight_decay, S.l2_reg) or n[0][1]:
-        return None
-    decoupled = n[0][0] is S.weight_decay
-    f = [x[0] for x in n[1:]]
-    kws = [x[1] for x in n[1:]]
-
-    def undamped(i):            # average_grad without dampening (the default)
-        return f[i] is S.average_grad and not kws[i].get("dampening", False) \
-            and set(kws[i]) <= {"dampening"}
-
-    def damped(i):
-        return f[i] is S.average_grad and kws[i] == {"dampening": True}
-
-    def sqr(i):                 # average_sqr_grad, dampened (default) or not
-        return f[i] is S.average_sqr_grad and set(kws[i]) <= {"dampening"}
-
-    def sqr_damp(i):
-        return kws[i].get("dampening", True)
-
-    if f == [S.sgd_step] and not kws[0]:
-        return SGDKernel(decoupled, mom=False)
-    if len(f) == 2 and undamped(0) and f[1] is S.momentum_step and not kws[1]:
-        return SGDKernel(decoupled, mom=True)
-    if len(f) == 2 and sqr(0) and f[1] is S.rms_prop_step and not kws[1]:
-        return RMSPropKernel(decoupled, mom=False, damp2=sqr_damp(0))
-    if len(f) == 3 and undamped(0) and sqr(1) and f[2] is S.rms_prop_step and not kws[2]:
-        return RMSPropKernel(decoupled, mom=True, damp2=sqr_damp(1))
-    if len(f) == 4 and damped(0) and sqr(1) and f[2] is S.step_stat and not kws[2] \
-            and not kws[3]:
-        k = {S.adam_step: AdamKernel, S.radam_step: RAdamKernel, S.qhadam_step: QHAdamKernel,
-             S.lamb_step: LambKernel}.get(f[3])
-        if k is not None:
-            return k(decoupled, damp2=sqr_damp(1))
-    larc = None
-    if len(f) == 2 and f[0] is S.larc_layer_lr and f[1] is S.larc_step and not kws[1]:
-        larc, mom, kw = f, False, kws[0]
-    elif len(f) == 3 and undamped(0) and f[1] is S.larc_layer_lr and f[2] is S.larc_step \
-            and not kws[2]:
-        larc, mom, kw = f, True, kws[1]
-    if larc is not None and set(kw) <= {"clip"} and kw.get("clip", True) in (True, False):
-        return LarcKernel(decoupled, mom=mom, clip=bool(kw.get("clip", True)))
-    return None
+def kernel_for(match):
+    "The NativeKernel of a recognised chain, or None where its recipe has no native spec."
+    return NativeKernel(match) if match is not None and match.recipe.native is not None else None

@@ -14,9 +14,6 @@ Where things live:
 """
 import copy
 import functools
-import math
-import numbers
-import operator
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import MutableMapping
@@ -24,26 +21,15 @@ from functools import partial
 
 import torch
 
+from .backend import PER_PARAM, choose_impl
+from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
-from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
-from . import native
-from .kernels import match_chain
-from .tensor_list import ParamBatch, TensorList
 from .validation import HYPER_BOUNDS, as_int, check_hyper
 
 __all__ = ["Optimizer", "ParamGroup", "HyperLengthError"]
 
 _KEEP_ON_CLEAR = ["force_train", "do_wd"]
 IMPLS = ("auto", "per_param", "multi_tensor")
-FLAT_MAX_NUMEL = 32768      # params up to this size may share a flat bucket (flat.py)
-FLAT_MIN_PARAMS = 8         # ... when at least this many of them share group, device, dtype, state
-LIST_MAX_TOTAL = 1 << 20    # elements per bucket of a chain run without a kernel (temporaries)
-FLAT_MAX_TOTAL = 1 << 18    # elements per flat buffer: bounds scratch memory, keeps temporaries in cache
-NATIVE_MT_NUMEL = 32768     # with torch threads > 1, params this large go to torch's fused kernels
-                            # (multi-threaded per tensor) rather than the single-threaded native ones
-
-
-_MISSING = object()
 
 
 class HyperLengthError(ValueError, AssertionError):
@@ -53,12 +39,6 @@ class HyperLengthError(ValueError, AssertionError):
 def _update(state, new=None):
     if isinstance(new, dict):
         state.update(new)
-
-
-def _stepper_func(cb):
-    while isinstance(cb, partial):
-        cb = cb.func
-    return cb
 
 
 def _stepper_name(cb):
@@ -286,7 +266,7 @@ class Optimizer(_BaseOptimizer):
         self.hypers = L({} for _ in param_lists)
         self._group_views = []
         self._state = defaultdict(dict)
-        self._plan = None
+        self._engine = Engine(self, _check_grads)
         self._fused = True
         self._flatten = True
         self.impl = "auto"
@@ -321,12 +301,12 @@ class Optimizer(_BaseOptimizer):
     def state(self):
         """Each param's state dict, keyed by the param tensor; current whenever read here. Edits
         to it are seen by the next step (which checks, cheaply, whether anything was changed)."""
-        self._sync_state(watch=True)
+        self._engine.sync(watch=True)
         return self._state
 
     @state.setter
     def state(self, value):
-        self._plan = None
+        self._engine.forget()
         self._state = value if isinstance(value, defaultdict) else defaultdict(dict, value)
 
     @property
@@ -337,8 +317,8 @@ class Optimizer(_BaseOptimizer):
     def impl(self, value):
         if value not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {value!r}")
-        if getattr(self, "_plan", None) is not None:
-            self._invalidate_plan()
+        if hasattr(self, "_engine"):
+            self._engine.invalidate()
         self._impl = value
 
     @property
@@ -386,33 +366,41 @@ class Optimizer(_BaseOptimizer):
         hyper.update({k: v for k, v in param_group.items() if k != "params"})
         for k, v in hyper.items():
             check_hyper(k, v, self._hyper_bounds(k))
-        self._invalidate_plan()
+        self._engine.invalidate()
         self.param_lists.append(params)
         self.hypers.append(hyper)
 
     def _set_group_params(self, i, params):
         params = L(_as_param_list(params))
         _check_params(L([*(pl for j, pl in enumerate(self.param_lists) if j != i), params]))
-        self._invalidate_plan()
+        self._engine.invalidate()
         self.param_lists[i] = params
 
     # ---- the step ------------------------------------------------------------------------------
+    @property
+    def _plan(self):
+        "The engine's current plan (buckets), or None: for tests and introspection."
+        return self._engine.plan
+
+    def _invalidate_plan(self):
+        self._engine.invalidate()
+
     def _uses_multi_tensor(self):
-        if self._impl == "per_param":
-            return False
         ok = all(getattr(_stepper_func(cb), "multi_tensor", False) for cb in self.cbs)
-        if self._impl == "multi_tensor" and not ok:
+        try:
+            return choose_impl(self._impl, ok)[0] != PER_PARAM
+        except ValueError:
             bad = [_stepper_name(cb) for cb in self.cbs
                    if not getattr(_stepper_func(cb), "multi_tensor", False)]
-            raise ValueError(f"impl='multi_tensor' needs steppers marked @multi_tensor; not: {bad}")
-        return ok
+            raise ValueError(f"impl='multi_tensor' needs steppers marked @multi_tensor; not: {bad}") \
+                from None
 
     @torch.no_grad()
     def _step(self):
         if self._uses_multi_tensor():
-            self._step_buckets()
+            self._engine.step()
         else:
-            self._invalidate_plan()
+            self._engine.invalidate()
             self._step_per_param()
 
     def step(self, closure=None):
@@ -436,103 +424,6 @@ class Optimizer(_BaseOptimizer):
                     _update(state, cb(p, **{**state, **hyper}))
                 self._state[p] = state
 
-    def _step_buckets(self):
-        plan = self._plan
-        if plan is not None and plan.written is not None:
-            if self._state_unchanged():
-                plan.written = None
-            else:                       # edited since read: the dicts are the truth, rebuild
-                plan = self._plan = None
-        if plan is None or not self._plan_matches():
-            self._invalidate_plan()
-            plan = self._plan = self._build_plan()
-        plan.stepped = True
-        cbs, hypers = self.cbs, self.hypers
-        for b in plan.buckets:
-            hyper = hypers[b.group]
-            batch, state, kernel, flat = b.batch, b.state, b.kernel, b.flat
-            if flat is not None:
-                flat.gather()
-            if kernel is None or not kernel(b, {**state, **hyper}):
-                for cb in cbs:
-                    res = cb(batch, **{**state, **hyper})
-                    if isinstance(res, dict):
-                        state.update(res)
-            if flat is not None:
-                flat.scatter()
-
-    def _plan_matches(self):
-        """Do the params, their grads, the groups and the steppers still match what the buckets
-        were built from? O(params) identity checks, a few C-level passes (no Python loop per param)."""
-        plan, lists = self._plan, self.param_lists
-        if len(lists) != len(plan.params) or plan.fused != self._fused \
-                or plan.flatten != self._flatten \
-                or (plan.threads is not None and plan.threads != torch.get_num_threads()):
-            return False
-        cbs = self.cbs.items if isinstance(self.cbs, L) else list(self.cbs)
-        if len(cbs) != len(plan.cbs) or not all(map(operator.is_, cbs, plan.cbs)):
-            return False
-        get_grad, is_ = operator.attrgetter("grad"), operator.is_
-        for pl, params, grads in zip(lists, plan.params, plan.grads):
-            items = pl.items
-            if len(items) != len(params) or not all(map(is_, items, params)) \
-                    or not all(map(is_, map(get_grad, items), grads)):
-                return False
-        return all(b.flat.still_valid() for b in plan.buckets if b.flat is not None)
-
-    def _build_plan(self, for_flatten=False):
-        """Buckets of params of one group, device, dtype and scalar state. A built-in chain runs
-        its CPU float32/float64 buckets with one native call (`native.py`), other buckets with a
-        torch fused kernel where one exists (`kernels.py`), else the steppers on TensorLists.
-        Flat buckets (`flat.py`) are used only over params and grads that already are views of
-        one buffer (after `flatten_params()`), so a step keeps no scratch copies;
-        `for_flatten` builds them with scratch, for `flatten_params()` to gather into."""
-        _check_grads(p for pl in self.param_lists for p in pl)
-        plan = _Plan()
-        plan.cbs = list(self.cbs)
-        plan.fused, plan.flatten = self._fused, self._flatten
-        kernel = match_chain(plan.cbs) if self._fused else None
-        nk = native.match_chain(plan.cbs) if self._fused and not for_flatten \
-            and native.available() else None
-        # a chain with both kinds of kernel: with several torch threads, large params take
-        # torch's fused kernel, which splits each tensor over the threads (the plan is rebuilt
-        # when the thread count changes)
-        if nk is not None and kernel is not None:
-            plan.threads = torch.get_num_threads()
-        mt_numel = NATIVE_MT_NUMEL if plan.threads not in (None, 1) else None
-        funcs = [_stepper_func(cb) for cb in plan.cbs]
-        flat_ok = self._flatten and flat_safe(funcs)
-        grads_back = any(f in MUTATES_GRAD for f in funcs)
-        for gi, pl in enumerate(self.param_lists):
-            items = list(pl.items)
-            plan.params.append(items)
-            plan.grads.append([getattr(p, "grad", None) for p in items])
-            buckets = {}
-            for p in items:
-                if p.grad is None:
-                    continue
-                st = self._state[p]
-                nat = nk is not None and native.param_ok(p) \
-                    and (mt_numel is None or p.numel() < mt_numel)
-                small = not nat and flat_ok and p.numel() <= FLAT_MAX_NUMEL \
-                    and p.grad.shape == p.shape and p.grad.dtype == p.dtype
-                buckets.setdefault((p.device, p.dtype, _signature(st), small, nat), []).append(p)
-            for key, ps in buckets.items():
-                small, nat = key[-2], key[-1]
-                # a kernel has no list-sized temporaries; the chain's are bounded by chunking
-                parts = [ps] if nat else _chunks(ps, FLAT_MAX_TOTAL) if small else \
-                    [ps] if kernel is not None else _chunks(ps, LIST_MAX_TOTAL)
-                for part in parts:
-                    b = _Bucket(gi, part, [self._state[p] for p in part],
-                                flat=small and len(part) >= FLAT_MIN_PARAMS,
-                                grads_back=grads_back, views_only=not for_flatten)
-                    if nat and nk.usable(b):
-                        b.kernel = nk
-                    elif kernel is not None and kernel.usable(b):
-                        b.kernel = kernel
-                    plan.buckets.append(b)
-        return plan
-
     @torch.no_grad()
     def flatten_params(self):
         """Opt-in, like DDP's `gradient_as_bucket_view`: make the params and grads of every flat
@@ -541,53 +432,7 @@ class Optimizer(_BaseOptimizer):
         replaced by views. Keep the grads in place afterwards (`zero_grad()`, not
         `set_to_none=True`): new grad tensors are not views, and their params step on the list
         path until `flatten_params()` is called again. Returns the number of params moved."""
-        self._invalidate_plan()
-        plan = self._build_plan(for_flatten=True)
-        moved = 0
-        for b in plan.buckets:
-            fb = b.flat
-            if fb is None or (fb.p_is_view and fb.g_is_view):
-                continue
-            fb.gather()
-            for p, pv, gv in zip(b.params, fb.p_views, fb.g_views):
-                p.data = pv
-                p.grad = gv
-            moved += len(b.params)
-        self._plan = plan
-        self._invalidate_plan()                # rebuilt on the next step, over the views
-        return moved
-
-    def _invalidate_plan(self):
-        "Bring the params' state dicts up to date with the buckets, then drop the buckets."
-        self._sync_state()
-        self._plan = None
-
-    def _sync_state(self, watch=False):
-        """Write the buckets' state into each param's state dict, if a step changed it since.
-        With `watch` (the caller may edit the dicts), remember what they hold, so that the next
-        step can tell whether anything was changed (`_state_unchanged`)."""
-        plan = self._plan
-        if plan is None:
-            return
-        if plan.stepped:
-            for b in plan.buckets:
-                b.write_back(self._state)
-            plan.stepped = False
-        if watch and plan.written is None:
-            st = self._state
-            plan.written = [(p, d, list(d.items()))
-                            for b in plan.buckets for p in b.params for d in (st[p],)]
-
-    def _state_unchanged(self):
-        "Do the watched state dicts still hold exactly the objects written into them?"
-        get = self._state.get
-        for p, d, items in self._plan.written:
-            if get(p) is not d or len(d) != len(items):
-                return False
-            for k, v in items:
-                if d.get(k, _MISSING) is not v:
-                    return False
-        return True
+        return self._engine.flatten_params()
 
     # ---- grads and state -----------------------------------------------------------------------
     def zero_grad(self, set_to_none=False):
@@ -615,7 +460,7 @@ class Optimizer(_BaseOptimizer):
 
     def clear_state(self):
         "Reset the state of every param, keeping only `force_train` and `do_wd`."
-        self._invalidate_plan()
+        self._engine.invalidate()
         for pl in self.param_lists:
             for p in pl:
                 old = self._state[p]
@@ -630,7 +475,7 @@ class Optimizer(_BaseOptimizer):
         """`{'state': {i: state of param i}, 'hypers': [...], 'param_groups': [...], 'kind': [...]}`,
         params numbered in group order. Plain containers only, so `torch.load` with
         `weights_only=True` reads it back."""
-        self._sync_state()
+        self._engine.sync()
         ps = [p for pl in self.param_lists for p in pl]
         state = {i: _plain(self._state[p]) for i, p in enumerate(ps)}
         hypers = [_plain(h) for h in self.hypers]
@@ -644,7 +489,7 @@ class Optimizer(_BaseOptimizer):
     def load_state_dict(self, state_dict):
         "Load a `state_dict()`; everything is checked before anything changes."
         hypers, states = self._checked_state(state_dict)
-        self._plan = None
+        self._engine.forget()
         self.hypers = L([dict(h) for h in hypers])
         ps = [p for pl in self.param_lists for p in pl]
         new_state = defaultdict(dict)
@@ -704,91 +549,14 @@ class Optimizer(_BaseOptimizer):
                 f"{sum(len(pl) for pl in self.param_lists)} params, hypers={self.hypers!r})")
 
     def __getstate__(self):
-        self._invalidate_plan()
-        d = self.__dict__.copy()
-        d["_plan"] = None
-        return d
+        self._engine.invalidate()
+        return self.__dict__.copy()
 
     def __setstate__(self, state):
+        state.pop("_plan", None)            # pickled before the engine had its own module
         self.__dict__.update(state)
-
-
-class _Plan:
-    "The buckets of one step, and the params, grads and steppers they were built from."
-    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten", "threads", "stepped",
-                 "written")
-
-    def __init__(self):
-        self.params, self.grads, self.buckets, self.cbs = [], [], [], []
-        self.stepped = False        # the buckets hold state newer than the params' dicts
-        self.written = None         # what `state` readers were shown: (param, dict, items)
-        self.fused = self.flatten = True
-        self.threads = None         # torch's thread count, where the plan depends on it
-
-
-class _Bucket:
-    """Params of one group that share device, dtype and scalar state, stepped together.
-
-    `state` holds, per key, either a TensorList (one value per param) or one value for all.
-    `kernel` is the chain kernel (`kernels.py`) that steps it, if any; `kernel_state` its scratch
-    (e.g. the step tensor the fused kernels read), never part of the params' state."""
-    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat")
-
-    def __init__(self, group, params, states, flat=False, grads_back=False, views_only=True):
-        self.group, self.params = group, params
-        self.kernel, self.kernel_state, self.flat = None, {}, None
-        if flat:
-            fb = FlatBucketData(params, grads_back, views_only)
-            state = fb.flatten_state(states) if fb.flat_p is not None else None
-            if state is not None:
-                self.flat, self.batch, self.state = fb, fb.batch(), state
-                return
-        self.batch = ParamBatch(params, [p.grad for p in params])
-        first = states[0]
-        self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor) else v)
-                      for k, v in first.items()}
-
-    def write_back(self, states):
-        if self.flat is not None:
-            sts = [states[p] for p in self.params]
-            for k, v in self.state.items():
-                self.flat.unflatten(k, v, sts)
-            return
-        items = [(k, v.unpack() if isinstance(v, native.LocalLR) else v)
-                 for k, v in self.state.items()]
-        for i, p in enumerate(self.params):
-            st = states[p]
-            for k, v in items:
-                st[k] = v[i] if isinstance(v, TensorList) else v
-
-
-def _chunks(ps, cap):
-    "Split a bucket's params into runs of at most `cap` elements (a larger param stands alone)."
-    out, cur, n = [], [], 0
-    for p in ps:
-        if cur and n + p.numel() > cap:
-            out.append(cur)
-            cur, n = [], 0
-        cur.append(p)
-        n += p.numel()
-    if cur:
-        out.append(cur)
-    return out
-
-
-def _signature(state):
-    "Params may share a bucket when their states hold the same keys and equal non-tensor values."
-    sig = []
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor):
-            sig.append((k, "tensor"))
-        else:
-            try:
-                hash(v)
-                sig.append((k, type(v), v))
-            except TypeError:
-                sig.append((k, "id", id(v)))
-    return tuple(sig)
+        if "_engine" not in state:
+            self._engine = Engine(self, _check_grads)
 
 
 def _group_dict(g):

@@ -16,7 +16,8 @@ from .tensor_list import clip_lr, norm, rms, softplus, trust_ratio, zeros_like
 
 __all__ = ["sgd_step", "weight_decay", "l2_reg", "average_grad", "average_sqr_grad",
            "momentum_step", "rms_prop_step", "step_stat", "debias", "adam_step", "radam_step",
-           "qhadam_step", "larc_layer_lr", "larc_step", "lamb_step", "multi_tensor"]
+           "qhadam_step", "larc_layer_lr", "larc_step", "lamb_step", "lion_step", "radam_rectifier",
+           "multi_tensor"]
 
 _BELOW_ONE = (0.0, 1.0, False)          # [0, 1): the formula divides by 1 - value
 
@@ -119,15 +120,22 @@ adam_step._defaults = dict(eps=1e-5)
 adam_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
 
 
+def radam_rectifier(sqr_mom, step):
+    "RAdam's variance rectification term at `step`, or None while it is undefined (r <= 5)."
+    r_inf = 2 / (1 - sqr_mom) - 1
+    r = r_inf - 2 * step * sqr_mom ** step / (1 - sqr_mom ** step)
+    if not r > 5:
+        return None
+    return math.sqrt(((r - 4) * (r - 2) * r_inf) / ((r_inf - 4) * (r_inf - 2) * r))
+
+
 @multi_tensor
 def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta, **kwargs):
     "RAdam step: Adam with the variance rectification term once it is defined (r > 5), else momentum SGD."
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    r_inf = 2 / (1 - sqr_mom) - 1
-    r = r_inf - 2 * step * sqr_mom ** step / (1 - sqr_mom ** step)
-    if r > 5:
-        v = math.sqrt(((r - 4) * (r - 2) * r_inf) / ((r_inf - 4) * (r_inf - 2) * r))
+    v = radam_rectifier(sqr_mom, step)
+    if v is not None:
         denom = (sqr_avg / debias2).sqrt_()
         if eps:
             denom.add_(eps)
@@ -191,3 +199,18 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
 
 lamb_step._defaults = dict(eps=1e-6, wd=0.)
 lamb_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
+
+
+@multi_tensor
+def lion_step(p, lr, mom, sqr_mom, grad_avg=None, **kwargs):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): step by the sign
+    of an interpolation of the momentum and the gradient, then update the momentum with another
+    coefficient: `p -= lr * sign(mom * grad_avg + (1 - mom) * grad)`, then
+    `grad_avg = sqr_mom * grad_avg + (1 - sqr_mom) * grad` (`mom`, `sqr_mom`: the paper's beta1,
+    beta2). Weight decay is the chain's first stepper."""
+    if grad_avg is None:
+        grad_avg = zeros_like(p.grad.data)
+    update = grad_avg.mul(mom).add_(p.grad.data, alpha=1 - mom)
+    p.data.add_(update.sign_(), alpha=-lr)
+    grad_avg.mul_(sqr_mom).add_(p.grad.data, alpha=1 - sqr_mom)
+    return {"grad_avg": grad_avg}

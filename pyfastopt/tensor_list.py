@@ -85,6 +85,9 @@ class TensorList(list):
     def sqrt_(self):
         return self._op("sqrt_")
 
+    def sign_(self):
+        return self._op("sign_")
+
     def zero_(self):
         torch._foreach_zero_(self)
         return self
