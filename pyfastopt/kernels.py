@@ -17,7 +17,7 @@ returns False (nothing done) when it does not apply this step: then the chain ru
 import torch
 from torch.autograd.graph import increment_version
 
-from .recipe import chain_hypers, chain_step
+from .recipe import kernel_inputs
 from .tensor_list import zeros_like
 
 __all__ = ["FusedKernel", "kernel_for", "FUSED_DTYPES", "FUSED_DEVICES"]
@@ -60,12 +60,10 @@ class FusedKernel:
         return True
 
     def __call__(self, bucket, kw):
-        hv = chain_hypers(kw, self.needs)
-        if hv is None:
+        inputs = kernel_inputs(kw, self.needs, self.spec.counts_steps)
+        if inputs is None:
             return False
-        step = chain_step(kw) if self.spec.counts_steps else None
-        if self.spec.counts_steps and step is None:
-            return False
+        hv, step = inputs
         if not self.spec.run(self, bucket, hv, step, kw.get("do_wd", True)):
             return False
         increment_version(bucket.batch.data)   # torch's fused kernels do not bump it

@@ -33,7 +33,7 @@ import warnings
 import torch
 from torch.autograd.graph import increment_version
 
-from .recipe import chain_hypers, chain_step, plain_number
+from .recipe import kernel_inputs, plain_number
 from .tensor_list import TensorList, zeros_like
 
 __all__ = ["available", "enabled", "load", "kernel_for", "NativeKernel", "compile_info", "Decay",
@@ -378,12 +378,10 @@ class NativeKernel:
         return a
 
     def __call__(self, bucket, kw):
-        hv = chain_hypers(kw, self.needs)
-        if hv is None:
+        inputs = kernel_inputs(kw, self.needs, self.spec.counts_steps)
+        if inputs is None:
             return False
-        step = chain_step(kw) if self.spec.counts_steps else None
-        if self.spec.counts_steps and step is None:
-            return False
+        hv, step = inputs
         h = self.h
         flags = self.spec.fill(h, self.options, hv, step)
         if flags is None:

@@ -20,7 +20,8 @@ from functools import partial
 from . import steppers as S
 
 __all__ = ["Step", "Opt", "Chain", "Recipe", "NativeSpec", "FusedSpec", "Match", "register",
-           "recipe_for", "recipes", "plain_number", "chain_hypers", "chain_step", "DECAY_STEPPERS"]
+           "recipe_for", "recipes", "plain_number", "chain_hypers", "chain_step", "kernel_inputs",
+           "DECAY_STEPPERS"]
 
 # Every built-in chain starts with one of these: true weight decay, or L2 regularization.
 DECAY_STEPPERS = {S.weight_decay: True, S.l2_reg: False}     # stepper -> decoupled
@@ -44,6 +45,18 @@ def chain_step(kw):
     "The step count after this step (state `step` + 1), or None if the state's is not an int."
     step = kw.get("step", 0)
     return step + 1 if type(step) is int else None
+
+
+def kernel_inputs(kw, needs, counts_steps):
+    """What a kernel reads from `{**state, **hyper}`: (hypers, step after this one — None unless
+    it counts steps), or None when it cannot run this step (then the chain runs)."""
+    hv = chain_hypers(kw, needs)
+    if hv is None:
+        return None
+    if not counts_steps:
+        return hv, None
+    step = chain_step(kw)
+    return None if step is None else (hv, step)
 
 
 class Opt:
