@@ -70,6 +70,8 @@ OPTS = {
              {"fused": (_torch(T.SGD, momentum=0.9), dict(fused=True))}, "SGD-mom (nearest)"),
     "Lamb": (lambda ps: po.Lamb(ps, lr=LR), 40,
              {"fused": (_torch(T.Adam), dict(fused=True))}, "Adam (nearest)"),
+    "Lion": (lambda ps: po.Lion(ps, lr=LR), 20,
+             {"fused": (_torch(T.SGD, momentum=0.9), dict(fused=True))}, "SGD-mom (nearest)"),
     "ranger": (lambda ps: po.ranger(ps, lr=LR), 28 + 16 / 6,
                {"foreach": (_torch(T.RAdam), dict(foreach=True))}, "RAdam (nearest)"),
 }
@@ -116,8 +118,7 @@ def compile_cost():
     cc = native.find_compiler()
     if cc is None:
         return None, None
-    with open(native.SOURCE) as f:
-        src = f.read()
+    src = native.source_text()
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         native._compile(cc, src, os.path.join(d, "k.so"))
