@@ -17,6 +17,7 @@ import functools
 import math
 import numbers
 import operator
+import threading
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import MutableMapping
@@ -66,6 +67,17 @@ def _stepper_name(cb):
         args = ", ".join(f"{k}={v!r}" for k, v in cb.keywords.items())
         return f"{_stepper_name(cb.func)}({args})"
     return getattr(cb, "__qualname__", None) or type(cb).__name__
+
+
+def _step_lock(opt):
+    """The optimizer's own lock around `step()`: two threads stepping one optimizer take turns
+    instead of interleaving its state updates. Made at first use (`setdefault` is atomic, so
+    racing first steps get the same one), never pickled or copied; no lock is shared by two
+    optimizers."""
+    lock = opt.__dict__.get("_step_lock")
+    if lock is None:
+        lock = opt.__dict__.setdefault("_step_lock", threading.RLock())
+    return lock
 
 
 def _init_torch_base(opt, defaults):
@@ -417,12 +429,13 @@ class Optimizer(_BaseOptimizer):
 
     def step(self, closure=None):
         "Run the steppers once. With a `closure`, it is evaluated first (grad enabled) and its loss returned."
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._step()
-        return loss
+        with _step_lock(self):           # the closure too: its grads are this step's
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._step()
+            return loss
 
     def _step_per_param(self):
         "fastai's loop: every stepper for every param with a grad, with `{**state, **hyper}`."
@@ -707,6 +720,7 @@ class Optimizer(_BaseOptimizer):
         self._invalidate_plan()
         d = self.__dict__.copy()
         d["_plan"] = None
+        d.pop("_step_lock", None)        # a copy gets its own lock at its first step
         return d
 
     def __setstate__(self, state):
