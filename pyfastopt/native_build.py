@@ -250,7 +250,7 @@ def _read_digest(path):
         os.close(fd)
     digest = text.split()[0].lower() if text.split() else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise _Unusable(f"{path} holds no sha256", "damaged")
+        raise _Unusable(f"{path} holds no sha256 digest", "damaged")
     return digest
 
 
