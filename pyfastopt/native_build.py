@@ -308,7 +308,10 @@ def _run_compiler(cc, src, out, timeout):
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        with contextlib.suppress(subprocess.TimeoutExpired):   # a child that left the group
+            proc.communicate(timeout=5)                         # may hold the pipe: not waited for
+        proc.kill()
+        proc.wait()
         raise RuntimeError(f"{' '.join(cc)} did not finish within {timeout:g} s "
                            "(PYFASTOPT_COMPILE_TIMEOUT)") from None
     if proc.returncode != 0:
@@ -412,7 +415,8 @@ class _Outcome:
 
 
 def _obtain(declare=None):
-    "Find and verify, or compile, the library; never raises (everything goes into the notes)."
+    """Find and verify, or compile, the library. What was refused, repaired or failed goes into
+    the notes; only the unexpected raises (and `load` turns that into a fallback too)."""
     res = _Outcome()
     notes = res.notes
     t0 = time.perf_counter()
@@ -547,13 +551,12 @@ def _load_locked(declare):
             except Exception as e:  # noqa: BLE001 - whatever it is, the torch paths still work
                 res = _Outcome()
                 res.notes.append((f"{type(e).__name__}: {e}", False))
-            msg = "; ".join(m for m, _ in res.notes)
-            if res.lib is None:
-                _lib = False
-                _warn(msg or "unknown reason")
-                return None
             compile_info.clear()
             compile_info.update(res.info, notes=[m for m, _ in res.notes])
+            if res.lib is None:
+                _lib = False
+                _warn("; ".join(compile_info["notes"]) or "unknown reason")
+                return None
             loud = [m for m, is_loud in res.notes if is_loud]
             if loud:
                 where = ("into a private temporary folder for this process"
