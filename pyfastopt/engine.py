@@ -140,12 +140,6 @@ class Engine:
         self.opt, self.check_grads = opt, check_grads     # check_grads(params) raises on bad grads
         self.plan = None
 
-    def __getstate__(self):
-        return {"opt": self.opt, "check_grads": self.check_grads, "plan": None}
-
-    def __setstate__(self, d):
-        self.opt, self.check_grads, self.plan = d["opt"], d["check_grads"], None
-
     # ---- the state cache -----------------------------------------------------------------------
     def invalidate(self):
         "Bring the params' state dicts up to date with the buckets, then drop the plan."

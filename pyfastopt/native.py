@@ -6,9 +6,8 @@ one function per built-in chain that updates each element of each tensor of a bu
 (two for Larc and Lamb, which need per-tensor norms first), in the tensor's own precision and in
 the order of the steppers' torch ops, so the numbers are the chain's.
 
-The source is compiled at first use with the system C compiler (`$CC`, else `cc`, `gcc` or
-`clang`) into `$PYFASTOPT_CACHE` (default `~/.cache/pyfastopt/`), under a name keyed by a hash of
-the source, the flags, the compiler and the CPU, written atomically, and loaded with ctypes. No
+The source is compiled at first use with the system C compiler into a private, verified cache
+and loaded with ctypes (`native_build.py`: where, and what is checked before loading). No
 compiler, a failed compile (one warning) or `PYFASTOPT_NATIVE=0` leave everything on the torch
 paths, with the same numbers.
 
@@ -19,148 +18,29 @@ chain: a CPU bucket of contiguous float32/float64 tensors whose hypers are plain
 and writing the state the chain would (`grad_avg`, `sqr_avg` per-param tensors, `step` an int,
 Larc's `local_lr`).
 """
-import contextlib
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import warnings
 
 import torch
 from torch.autograd.graph import increment_version
 
+from . import native_build
 from .recipe import kernel_inputs, plain_number
 from .tensor_list import TensorList, zeros_like
+
+# the build and load machinery lives in native_build; these names stay importable from here
+from .native_build import (ABI_VERSION, CFLAGS, SOURCE, _cache_dir, _compile,  # noqa: F401
+                           _cpu_id, _warn, compile_info, enabled, find_compiler, source_text)
 
 __all__ = ["available", "enabled", "load", "kernel_for", "NativeKernel", "compile_info", "Decay",
            "Moments", "Bucket", "doubles", "fill_moments", "lookahead_sync"]
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "pyfastopt_kernels.c")
-HEADER = os.path.join(os.path.dirname(SOURCE), "pyfastopt_kernels.h")
-CFLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off",
-          "-fno-math-errno"]
 F_DECAY, F_L2, F_MOM, F_ADAPTIVE, F_CLIP, F_EPS = 1, 2, 4, 8, 16, 32     # as in the C header
-ABI_VERSION = 2
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
-
-_lib = None            # the loaded library, False once loading failed (never retried)
-_warned = False
-compile_info = {}      # what the last load did: path, compiled (bool), seconds
-
-
-def enabled():
-    "Native kernels are on unless `PYFASTOPT_NATIVE=0` (read at each plan build)."
-    return os.environ.get("PYFASTOPT_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def find_compiler():
-    cc = os.environ.get("CC")
-    if cc and shutil.which(cc.split()[0]):
-        return cc.split()
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return [path]
-    return None
-
-
-def _cache_dir():
-    d = os.environ.get("PYFASTOPT_CACHE")
-    return d if d else os.path.join(os.path.expanduser("~"), ".cache", "pyfastopt")
-
-
-def _cpu_id():
-    "What -march=native depends on: the CPU model and its flags."
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f.read().splitlines()[:40]
-                     if ln.startswith(("model name", "flags"))]
-        return "\n".join(lines[:2])
-    except OSError:
-        return platform.processor()
-
-
-def _warn(msg):
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(f"pyfastopt: native CPU kernels unavailable ({msg}); using the torch paths "
-                      "(same numbers). Set PYFASTOPT_NATIVE=0 to silence.", RuntimeWarning,
-                      stacklevel=3)
-
-
-def source_text():
-    "The kernels' translation unit: the C file with its header inlined (one file to compile and hash)."
-    with open(HEADER) as f:
-        header = f.read()
-    with open(SOURCE) as f:
-        src = f.read()
-    return src.replace('#include "pyfastopt_kernels.h"', header, 1)
-
-
-def _compile(cc, src_text, out):
-    d = os.path.dirname(out)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp_src = tempfile.mkstemp(suffix=".c", dir=d)
-    tmp_so = tmp_src[:-2] + ".so"
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(src_text)
-        r = subprocess.run([*cc, *CFLAGS, "-o", tmp_so, tmp_src, "-lm"], capture_output=True,
-                           text=True, timeout=120)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cc)} failed: {r.stderr.strip()[-500:]}")
-        os.replace(tmp_so, out)          # atomic: a concurrent compile replaces it with the same
-    finally:
-        for f in (tmp_src, tmp_so):
-            with contextlib.suppress(OSError):      # already renamed, or never written
-                os.unlink(f)
 
 
 def load():
-    "The ctypes library (compiled on first use), or None when unavailable."
-    global _lib
-    if _lib is not None:
-        return _lib or None
-    _lib = False
-    if sys.platform == "win32":
-        return None
-    cc = find_compiler()
-    try:
-        src = source_text()
-    except OSError as e:
-        _warn(f"source missing: {e}")
-        return None
-    if cc is None:
-        _warn("no C compiler found (set CC)")
-        return None
-    try:
-        ver = subprocess.run([*cc, "--version"], capture_output=True, text=True,
-                             timeout=30).stdout.splitlines()[:1]
-    except Exception:  # noqa: BLE001
-        ver = []
-    key = hashlib.sha256("\0".join([src, " ".join(CFLAGS), " ".join(cc), *ver, _cpu_id(),
-                                    platform.machine()]).encode()).hexdigest()[:20]
-    path = os.path.join(_cache_dir(), f"pyfastopt_kernels_{key}.so")
-    import time
-    t0 = time.perf_counter()
-    compiled = False
-    try:
-        if not os.path.exists(path):
-            _compile(cc, src, path)
-            compiled = True
-        lib = ctypes.CDLL(path)
-        _declare(lib)
-    except Exception as e:  # noqa: BLE001 - any failure means: stay on the torch paths
-        _warn(str(e))
-        return None
-    compile_info.update(path=path, compiled=compiled, seconds=time.perf_counter() - t0)
-    _lib = lib
-    return lib
+    "The library with every kernel `_declare` needs checked and declared, or None (one warning)."
+    return native_build.load(_declare)
 
 
 def available():
@@ -200,16 +80,9 @@ def _structs():
 
 
 def _declare(lib):
-    """Check the library against this module (ABI version, every struct's size) and declare the
-    kernels' signatures; raises if anything is missing or differs (the torch paths run then)."""
-    if lib.pfo_abi_version() != ABI_VERSION:
-        raise RuntimeError(f"ABI version {lib.pfo_abi_version()}, expected {ABI_VERSION}")
-    lib.pfo_sizeof.argtypes, lib.pfo_sizeof.restype = [ctypes.c_char_p], ctypes.c_int64
-    for st in _structs():
-        size = lib.pfo_sizeof(st._c_name_.encode())
-        if size != ctypes.sizeof(st):
-            raise RuntimeError(f"struct {st._c_name_} is {size} bytes in C, "
-                               f"{ctypes.sizeof(st)} in Python")
+    """Declare the kernels' signatures and check the library's structs against this module's
+    mirrors; raises if a kernel is missing or a struct's size differs (the torch paths run then).
+    The ABI version was checked by the loader (`native_build`)."""
     from .recipe import recipes
     vp = ctypes.c_void_p
     for sfx in _SUFFIX.values():
@@ -219,6 +92,12 @@ def _declare(lib):
                 f.argtypes, f.restype = [vp, vp, ctypes.c_int], None
         f = getattr(lib, f"pfo_lookahead_{sfx}")
         f.argtypes, f.restype = [ctypes.c_int64, vp, vp, vp, ctypes.c_double], None
+    lib.pfo_sizeof.argtypes, lib.pfo_sizeof.restype = [ctypes.c_char_p], ctypes.c_int64
+    for st in _structs():
+        size = lib.pfo_sizeof(st._c_name_.encode())
+        if size != ctypes.sizeof(st):
+            raise RuntimeError(f"struct {st._c_name_} is {size} bytes in C, "
+                               f"{ctypes.sizeof(st)} in Python")
 
 
 def lookahead_sync(slow, fast, alpha):

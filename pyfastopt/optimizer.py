@@ -14,6 +14,7 @@ Where things live:
 """
 import copy
 import functools
+import threading
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import MutableMapping
@@ -46,6 +47,17 @@ def _stepper_name(cb):
         args = ", ".join(f"{k}={v!r}" for k, v in cb.keywords.items())
         return f"{_stepper_name(cb.func)}({args})"
     return getattr(cb, "__qualname__", None) or type(cb).__name__
+
+
+def _step_lock(opt):
+    """The optimizer's own lock around `step()`: two threads stepping one optimizer take turns
+    instead of interleaving its state updates. Made at first use (`setdefault` is atomic, so
+    racing first steps get the same one), never pickled or copied; no lock is shared by two
+    optimizers."""
+    lock = opt.__dict__.get("_step_lock")
+    if lock is None:
+        lock = opt.__dict__.setdefault("_step_lock", threading.RLock())
+    return lock
 
 
 def _init_torch_base(opt, defaults):
@@ -405,12 +417,13 @@ class Optimizer(_BaseOptimizer):
 
     def step(self, closure=None):
         "Run the steppers once. With a `closure`, it is evaluated first (grad enabled) and its loss returned."
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._step()
-        return loss
+        with _step_lock(self):           # the closure too: its grads are this step's
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._step()
+            return loss
 
     def _step_per_param(self):
         "fastai's loop: every stepper for every param with a grad, with `{**state, **hyper}`."
@@ -550,13 +563,15 @@ class Optimizer(_BaseOptimizer):
 
     def __getstate__(self):
         self._engine.invalidate()
-        return self.__dict__.copy()
+        d = self.__dict__.copy()
+        d.pop("_step_lock", None)        # a copy gets its own lock at its first step
+        d.pop("_engine", None)           # ... and its own engine (the engine steps its optimizer)
+        return d
 
     def __setstate__(self, state):
         state.pop("_plan", None)            # pickled before the engine had its own module
         self.__dict__.update(state)
-        if "_engine" not in state:
-            self._engine = Engine(self, _check_grads)
+        self._engine = Engine(self, _check_grads)
 
 
 def _group_dict(g):

@@ -6,7 +6,7 @@ import torch
 from . import native
 from .foundation import L, is_listy, range_of
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
-                        _load_state_dict_hooks, _state_dict_hooks)
+                        _load_state_dict_hooks, _state_dict_hooks, _step_lock)
 from .validation import as_int, check_hyper
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
@@ -68,17 +68,18 @@ class Lookahead(Optimizer):
             self.slow_weights.append(L(p.clone().detach() for p in self.opt.param_lists[-1]))
 
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        if self.slow_weights is None:
-            self._init_slow_weights()
-        self.opt.step()
-        self.count += 1
-        if self.count % self.k == 0:
-            self._sync_slow_weights()
-        return loss
+        with _step_lock(self):           # count and slow weights move with the inner step
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if self.slow_weights is None:
+                self._init_slow_weights()
+            self.opt.step()
+            self.count += 1
+            if self.count % self.k == 0:
+                self._sync_slow_weights()
+            return loss
 
     def _init_slow_weights(self):
         self.slow_weights = L(L(p.clone().detach() for p in pl) for pl in self.opt.param_lists)
@@ -212,7 +213,8 @@ class OptimWrapper(_BaseOptimizer):
         return getattr(self.__dict__["opt"], name)
 
     def step(self, closure=None):
-        return self.opt.step(closure)
+        with _step_lock(self):           # torch optimizers do not guard their own steps
+            return self.opt.step(closure)
 
     def zero_grad(self, set_to_none=True):
         return self.opt.zero_grad(set_to_none=set_to_none)

@@ -20,7 +20,7 @@ import torch
 
 import pyfastopt as po
 from helpers import native_off
-from pyfastopt import native
+from pyfastopt import native, native_build
 from pyfastopt.recipe import recipe_for
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on PATH")
@@ -193,11 +193,12 @@ def test_disabled_same_numbers_no_warning(name):
         close(a, b, torch.float32)
 
 
-def test_compile_failure_falls_back(monkeypatch):
+def test_compile_failure_falls_back(monkeypatch, tmp_path):
     "A failed load means the torch paths (one warning at most), same numbers."
-    monkeypatch.setattr(native, "_lib", None)
-    monkeypatch.setattr(native, "_warned", False)
-    monkeypatch.setattr(native, "find_compiler", lambda: None)
+    monkeypatch.setattr(native_build, "_lib", None)
+    monkeypatch.setattr(native_build, "_warned", False)
+    monkeypatch.setattr(native_build, "_compiler", lambda: (None, "no C compiler found"))
+    monkeypatch.setenv("PYFASTOPT_CACHE", str(tmp_path))     # empty: nothing cached to load
     with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable"):
         assert native.load() is None
     with warnings.catch_warnings():
@@ -227,7 +228,7 @@ def test_compile_atomic_concurrent(tmp_path):
         t.join()
     assert not errs
     assert ctypes.CDLL(out).pfo_abi_version() == native.ABI_VERSION
-    assert sorted(os.listdir(tmp_path)) == ["k.so"]          # no temporaries left
+    assert sorted(os.listdir(tmp_path)) == ["k.so", "k.so.sha256"]     # no temporaries left
 
 
 @pytest.mark.parametrize("name", ["Adam", "Lamb", "Larc", "RAdam"])
