@@ -267,28 +267,33 @@ def _group_hypers(opt, sd):
                   f"optimizer has {n}")
     if hypers is None and groups is None:
         _fail("state_dict", "has neither 'hypers' nor 'param_groups'")
-    out = []
+    out, origin = [], []
     for i in range(n):
-        h = {}
+        h, src = {}, {}
         if hypers is not None:
             if not isinstance(hypers[i], dict):
                 _fail(f"state_dict['hypers'][{i}]", f"must be a dict, got {_type_name(hypers[i])}")
             h.update(hypers[i])
+            src.update(dict.fromkeys(hypers[i], "hypers"))
         if groups is not None:
             g = groups[i]
             if not isinstance(g, dict):
                 _fail(f"state_dict['param_groups'][{i}]", f"must be a dict, got {_type_name(g)}")
-            h.update((k, v) for k, v in g.items() if k not in ("params", "param_names"))
+            for k, v in g.items():
+                if k not in ("params", "param_names"):
+                    h[k], src[k] = v, "param_groups"
         out.append(h)
-    return out, groups
+        origin.append(src)
+    return out, origin, groups
 
 
-def _check_hypers(opt, hypers, has_kind, src):
+def _check_hypers(opt, hypers, origin, has_kind):
     required = set(opt.defaults)
     forbidden = _BUILTIN_STATE | set(FLAG_KEYS) | _bound_keywords(opt.cbs)
     for i, h in enumerate(hypers):
+        src = "param_groups" if all(o == "param_groups" for o in origin[i].values()) else "hypers"
         for k, v in h.items():
-            where = f"state_dict['{src}'][{i}][{k!r}]"
+            where = f"state_dict['{origin[i][k]}'][{i}][{k!r}]"
             if not isinstance(k, str):
                 _fail(where, "hyper names must be strings")
             if k in forbidden:
@@ -351,8 +356,8 @@ def prepare_load(opt, sd):
                              "use torch's names, and it has no 'kind' or 'hypers'): "
                              + _CONVERT_HINT)
     kind = _kind(opt, sd)
-    hypers, groups = _group_hypers(opt, sd)
-    _check_hypers(opt, hypers, kind is not None, "hypers" if "hypers" in sd else "param_groups")
+    hypers, origin, groups = _group_hypers(opt, sd)
+    _check_hypers(opt, hypers, origin, kind is not None)
     ps = [p for pl in opt.param_lists for p in pl]
     sizes = [len(pl) for pl in opt.param_lists]
     ids = _param_ids(groups, sizes)
