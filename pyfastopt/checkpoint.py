@@ -778,6 +778,15 @@ def _unwrap_L(obj, memo):
     return obj
 
 
+def _torch_reason(e):
+    """The specific part of torch's weights-only error (its message wraps it in advice to use
+    `weights_only=False`, which is exactly what must not be done here)."""
+    parts = [x.strip() for x in str(e).split("\n\n") if x.strip()]
+    specific = [x for x in parts if not x.startswith(("Weights only load failed",
+                                                        "Check the documentation"))]
+    return " ".join(specific or parts)[:500]
+
+
 def load_fastai_checkpoint(f, map_location=None):
     """Read a fastai 2.8 `Learner.save` / `save_model` file safely; returns a `FastaiCheckpoint`.
 
@@ -790,10 +799,9 @@ def load_fastai_checkpoint(f, map_location=None):
         with torch.serialization.safe_globals([(_FastcoreL, "fastcore.foundation.L")]):
             obj = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip()
         raise UnsafeCheckpointError(
             f"refused to read {f!r}: it holds something other than tensors, plain containers and "
-            f"fastcore's L, which a fastai checkpoint never needs. torch says: {first}") from None
+            f"fastcore's L, which a fastai checkpoint never needs ({_torch_reason(e)})") from None
     obj = _unwrap_L(obj, {})
     if isinstance(obj, dict) and set(obj) == {"model", "opt"}:
         return FastaiCheckpoint(obj["model"], obj["opt"])
