@@ -13,6 +13,7 @@ and a safe reader for fastai checkpoints.
 import math
 import numbers
 import pickle
+import re
 from collections import namedtuple
 from functools import partial
 
@@ -779,9 +780,13 @@ def _unwrap_L(obj, memo):
 
 
 def _torch_reason(e):
-    """The specific part of torch's weights-only error (its message wraps it in advice to use
-    `weights_only=False`, which is exactly what must not be done here)."""
-    parts = [x.strip() for x in str(e).split("\n\n") if x.strip()]
+    """The specific part of torch's weights-only error, without its advice to allow the global
+    or to use `weights_only=False`, which is exactly what must not be done here."""
+    msg = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", msg, re.DOTALL)
+    if m and m.group(1).strip():
+        return " ".join(m.group(1).split(" Please use ")[0].split())[:500]
+    parts = [x.strip() for x in msg.split("\n\n") if x.strip()]
     specific = [x for x in parts if not x.startswith(("Weights only load failed",
                                                         "Check the documentation"))]
     return " ".join(specific or parts)[:500]
