@@ -23,7 +23,7 @@ from .foundation import L
 from .steppers import (adam_step, average_grad, average_sqr_grad, l2_reg, lamb_step,
                        larc_layer_lr, larc_step, momentum_step, qhadam_step, radam_step,
                        rms_prop_step, sgd_step, step_stat, weight_decay)
-from .validation import check_hyper
+from .validation import HYPER_BOUNDS, check_hyper
 
 __all__ = ["StateDictError", "UnsafeCheckpointError", "prepare_load", "to_torch_state_dict",
            "from_torch_state_dict", "load_fastai_checkpoint", "FastaiCheckpoint"]
@@ -211,11 +211,16 @@ def _param_state(where, st, p, allowed, bound):
     return out
 
 
+_SCHEDULER_BOUNDS = {"initial_lr": "lr", "max_lr": "lr", "min_lr": "lr",
+                     "base_momentum": "sqr_mom", "max_momentum": "sqr_mom"}   # sqr_mom: [0, 1]
+
+
 def _hyper_value(opt, where, k, v):
     if isinstance(v, torch.Tensor) and v.device.type == "meta":
         _fail(where, "is a tensor on the 'meta' device (it holds no value)")
     try:
-        check_hyper(k, v, opt._hyper_bounds(k))
+        check_hyper(k, v, opt._hyper_bounds(k) or
+                    HYPER_BOUNDS.get(_SCHEDULER_BOUNDS.get(k, k)))
     except (TypeError, ValueError) as e:
         _fail(where, str(e))
     return v
@@ -368,7 +373,8 @@ def prepare_load(opt, sd):
         index = {k: i for i, k in enumerate(ids if ids is not None else range(len(ps)))}
         states = [{} for _ in ps]
         for k, v in st.items():
-            if isinstance(k, bool) or isinstance(k, torch.Tensor):
+            if isinstance(k, (bool, torch.Tensor)) or (isinstance(k, numbers.Number)
+                                                         and not _is_int(k)):
                 _fail(f"state_dict['state'][{k!r}]", "state is keyed by param ids (ints) or by "
                       "names of non-param state")
             if _is_int(k):

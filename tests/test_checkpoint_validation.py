@@ -240,6 +240,8 @@ CASES = [
     ("state_key_bool", ALL, lambda sd, n: sd.__setitem__("state", {True if k == 1 else k: v
                                                                    for k, v in sd["state"].items()})
      or sd, r"\[True\].*keyed by param ids"),
+    ("state_key_float", ALL, _state_key(1.5), r"\[1.5\].*keyed by param ids"),
+    ("initial_lr_nan", ALL, _hyper("initial_lr", math.nan), r"\['initial_lr'\].*must be"),
     ("param_state_is_list", ALL, lambda sd, n: sd["state"].__setitem__(0, [1, 2]) or sd,
      r"\['state'\]\[0\].*must be a dict"),
     ("param_state_int_key", ALL, _state0(5, 1.0), r"\['state'\]\[0\]\[5\].*strings"),
@@ -509,3 +511,14 @@ def test_int_keyed_non_param_state_is_refused_at_save():
     opt.state[5] = {"x": 1}
     with pytest.raises(ValueError, match=r"non-param entry keyed 5"):
         opt.state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_state_is_moved_to_a_cuda_param():
+    p = torch.ones(3, device="cuda")
+    opt = Adam([p], lr=0.1)
+    opt.load_state_dict({"state": {0: {"grad_avg": torch.ones(3), "sqr_avg": torch.ones(3),
+                                       "step": 2}},
+                         "hypers": [dict(opt.hypers[0])], "kind": opt.kind()})
+    assert opt.state[p]["grad_avg"].device == p.device
+    assert opt.state[p]["sqr_avg"].device == p.device
