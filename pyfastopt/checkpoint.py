@@ -668,8 +668,10 @@ def from_torch_state_dict(torch_sd, opt):
     if "kind" in torch_sd or "hypers" in torch_sd:
         raise StateDictError("torch_sd is a pyfastopt state dict already: load it directly")
     groups = _as_list(torch_sd["param_groups"])
-    if groups is None or len(groups) != len(opt.param_lists):
-        _fail("torch_sd['param_groups']", f"must list {len(opt.param_lists)} groups like opt's")
+    if groups is None or len(groups) != len(opt.param_lists) or \
+            not all(isinstance(g, dict) and "params" in g for g in groups):
+        _fail("torch_sd['param_groups']", f"must list {len(opt.param_lists)} group dicts with "
+              "'params', as opt has")
     ids = _param_ids(groups, [len(pl) for pl in opt.param_lists])
     hypers = []
     for i, (g, h) in enumerate(zip(groups, opt.hypers)):

@@ -658,10 +658,11 @@ class Optimizer(_BaseOptimizer):
         its param. A refused dict raises `checkpoint.StateDictError` and leaves the optimizer as
         it was. Where `param_groups` and `hypers` both give a hyper, **`param_groups` wins**:
         torch's tools and load-state-dict pre hooks edit `param_groups`. Entries of `state` that
-        are not param ids are restored as non-param state. A torch.optim state dict is refused:
-        convert it with `pyfastopt.from_torch_state_dict`. As in torch, state tensors already on
-        the param's device and dtype are used as they are, not copied: load a dict that another
-        optimizer still uses into a copy (`copy.deepcopy`)."""
+        are not param ids are restored as non-param state. A dict without `kind` (fastai's own
+        layout) is accepted only when its hyper names are exactly this optimizer's; a torch.optim
+        state dict is refused: convert it with `pyfastopt.from_torch_state_dict`. As in torch,
+        state tensors already on the param's device and dtype are used as they are, not copied:
+        load a dict that another optimizer still uses into a copy (`copy.deepcopy`)."""
         loaded = prepare_load(self, state_dict)
         self._plan = None
         self.hypers = L(loaded.hypers)
