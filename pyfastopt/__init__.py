@@ -15,3 +15,9 @@ __all__ = ["pytorch_hp_map", "Optimizer", "sgd_step", "weight_decay", "l2_reg", 
            "larc_layer_lr", "larc_step", "Larc", "lamb_step", "Lamb", "Lookahead", "ranger",
            "detuplify_pg", "set_item_pg", "OptimWrapper", "L", "tensor", "tst_param",
            "multi_tensor", "Lion", "lion_step"]
+
+from .checkpoint import (FastaiCheckpoint, StateDictError, UnsafeCheckpointError,
+                         from_torch_state_dict, load_fastai_checkpoint, to_torch_state_dict)
+
+__all__ += ["to_torch_state_dict", "from_torch_state_dict", "load_fastai_checkpoint",
+            "FastaiCheckpoint", "StateDictError", "UnsafeCheckpointError"]

@@ -14,6 +14,7 @@ Where things live:
 """
 import copy
 import functools
+import numbers
 import threading
 import warnings
 from collections import OrderedDict, defaultdict
@@ -26,6 +27,7 @@ from .backend import PER_PARAM, choose_impl
 from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
 from .validation import HYPER_BOUNDS, as_int, check_hyper
+from .checkpoint import prepare_load
 
 __all__ = ["Optimizer", "ParamGroup", "HyperLengthError"]
 
@@ -486,11 +488,19 @@ class Optimizer(_BaseOptimizer):
     @_state_dict_hooks
     def state_dict(self):
         """`{'state': {i: state of param i}, 'hypers': [...], 'param_groups': [...], 'kind': [...]}`,
-        params numbered in group order. Plain containers only, so `torch.load` with
-        `weights_only=True` reads it back."""
+        params numbered in group order. Entries of `state` that are not params (bookkeeping a tool
+        put there) are kept under their own key, as torch does. Plain containers only, so
+        `torch.load` with `weights_only=True` reads it back."""
         self._engine.sync()
         ps = [p for pl in self.param_lists for p in pl]
         state = {i: _plain(self._state[p]) for i, p in enumerate(ps)}
+        for k, v in self._state.items():
+            if isinstance(k, torch.Tensor):
+                continue            # params' state is above; a tensor no longer a param is stale
+            if isinstance(k, numbers.Integral):
+                raise ValueError(f"opt.state has a non-param entry keyed {k!r}: int keys would be "
+                                 "taken for param indices in the state dict; use another key")
+            state[k] = _plain(v) if isinstance(v, dict) else v
         hypers = [_plain(h) for h in self.hypers]
         groups, start = [], 0
         for pl, h in zip(self.param_lists, hypers):
@@ -500,62 +510,27 @@ class Optimizer(_BaseOptimizer):
 
     @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
-        "Load a `state_dict()`; everything is checked before anything changes."
-        hypers, states = self._checked_state(state_dict)
+        """Load a `state_dict()` (of this optimizer's kind), or fastai's own optimizer state.
+
+        Everything is checked before anything changes (`checkpoint.prepare_load`): the kind, each
+        hyper as `set_hyper` checks it, each state value's type, dtype, shape and device against
+        its param. A refused dict raises `checkpoint.StateDictError` and leaves the optimizer as
+        it was. Where `param_groups` and `hypers` both give a hyper, **`param_groups` wins**:
+        torch's tools and load-state-dict pre hooks edit `param_groups`. Entries of `state` that
+        are not param ids are restored as non-param state. A dict without `kind` (fastai's own
+        layout) is accepted only when its hyper names are exactly this optimizer's; a torch.optim
+        state dict is refused: convert it with `pyfastopt.from_torch_state_dict`. As in torch,
+        state tensors already on the param's device and dtype are used as they are, not copied:
+        load a dict that another optimizer still uses into a copy (`copy.deepcopy`)."""
+        loaded = prepare_load(self, state_dict)
         self._engine.forget()
-        self.hypers = L([dict(h) for h in hypers])
+        self.hypers = L(loaded.hypers)
         ps = [p for pl in self.param_lists for p in pl]
         new_state = defaultdict(dict)
-        for p, st in zip(ps, states):
-            new_state[p] = {k: _to_param(v, p, k) for k, v in st.items()}
+        for p, st in zip(ps, loaded.states):
+            new_state[p] = st
+        new_state.update(loaded.extra)
         self._state = new_state
-
-    def _checked_state(self, sd):
-        if not isinstance(sd, dict) or "state" not in sd:
-            raise ValueError("state_dict must be a dict with a 'state' entry "
-                             "(as returned by state_dict())")
-        kind = sd.get("kind")
-        if kind is not None and list(kind) != self.kind():
-            raise ValueError(f"state_dict is from a different optimizer: its steppers are {list(kind)}, "
-                             f"this optimizer's are {self.kind()}")
-        if "hypers" in sd:
-            hypers = list(sd["hypers"])
-        elif "param_groups" in sd:
-            hypers = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
-        else:
-            raise ValueError("state_dict has neither 'hypers' nor 'param_groups'")
-        if len(hypers) != len(self.param_lists):
-            raise ValueError(f"state_dict has {len(hypers)} parameter groups, this optimizer has "
-                             f"{len(self.param_lists)}")
-        sizes = [len(pl) for pl in self.param_lists]
-        if "param_groups" in sd:
-            theirs = [len(g["params"]) for g in sd["param_groups"]]
-            if theirs != sizes:
-                raise ValueError(f"state_dict's groups have {theirs} params, this optimizer's "
-                                 f"have {sizes}")
-        ps = [p for pl in self.param_lists for p in pl]
-        st = sd["state"]
-        if isinstance(st, dict):
-            if any(not isinstance(i, int) or not 0 <= i < len(ps) for i in st):
-                raise ValueError(f"state_dict's state is keyed by param indices 0..{len(ps) - 1}, "
-                                 f"got keys {sorted(st, key=repr)[:5]}")
-            states = [st.get(i, {}) for i in range(len(ps))]
-        else:
-            states = list(st)
-            if len(states) != len(ps):
-                raise ValueError(f"state_dict has state for {len(states)} params, this optimizer "
-                                 f"has {len(ps)}")
-        for i, (p, s) in enumerate(zip(ps, states)):
-            if not isinstance(s, dict):
-                raise ValueError(f"state of param {i} must be a dict, got {type(s).__name__}")
-            for k, v in s.items():
-                if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape != p.shape:
-                    raise ValueError(f"state '{k}' of param {i} has shape {tuple(v.shape)}, "
-                                     f"the param has shape {tuple(p.shape)}")
-        for h in hypers:
-            if not isinstance(h, dict):
-                raise ValueError(f"hypers must be dicts, got {type(h).__name__}")
-        return hypers, states
 
     def __repr__(self):
         return (f"{type(self).__name__}({len(self.param_lists)} group(s), "
@@ -609,11 +584,3 @@ def _plain(d):
     "A plain dict copy (tensors shared), so torch.save/torch.load(weights_only=True) work."
     return {k: (list(v) if isinstance(v, L) else v) for k, v in d.items()}
 
-
-def _to_param(v, p, key):
-    "Loaded state goes to the param's device; floating tensors (not 0-d counters) to its dtype."
-    if not isinstance(v, torch.Tensor):
-        return v
-    if v.is_floating_point() and v.ndim > 0:
-        return v.to(device=p.device, dtype=p.dtype)
-    return v.to(device=p.device)

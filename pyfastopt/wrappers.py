@@ -8,6 +8,7 @@ from .foundation import L, is_listy, range_of
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks, _step_lock)
 from .validation import as_int, check_hyper
+from .checkpoint import StateDictError, checked_count, checked_slow_weights, prepare_load
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
 
@@ -118,29 +119,25 @@ class Lookahead(Optimizer):
 
     @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
+        """Load a `state_dict()`: the wrapped optimizer's state (checked as its
+        `load_state_dict` does), `count` and `slow_weights`; all checked before anything changes.
+        fastai's Lookahead layout (no `kind`) is accepted too."""
         if not isinstance(state_dict, dict):
-            raise ValueError("state_dict must be a dict (as returned by state_dict())")
+            raise StateDictError("state_dict must be a dict (as returned by state_dict()), got "
+                                 f"{type(state_dict).__name__}")
         sd = dict(state_dict)                      # never change the caller's dict
         kind = sd.pop("kind", None)
-        if kind is not None and list(kind) != self.kind():
-            raise ValueError(f"state_dict is from a different optimizer: its steppers are "
-                             f"{list(kind)}, this optimizer's are {self.kind()}")
-        count = as_int("count", sd.pop("count", 0))
-        slow = sd.pop("slow_weights", None)
-        if slow is not None:
-            shapes = [[tuple(p.shape) for p in pl] for pl in self.opt.param_lists]
-            theirs = [[tuple(t.shape) for t in sl] for sl in slow]
-            if shapes != theirs:
-                raise ValueError(f"state_dict's slow weights have shapes {theirs}, the params "
-                                 f"have {shapes}")
         if kind is not None:
+            if not isinstance(kind, (list, tuple, L)) or list(kind) != self.kind():
+                raise StateDictError(f"state_dict is from a different optimizer: its steppers are "
+                                     f"{kind!r}, this optimizer's are {self.kind()}")
             sd["kind"] = self.opt.kind()
-        self.opt._checked_state(sd)
+        count = checked_count(sd.pop("count", 0))
+        slow = checked_slow_weights(sd.pop("slow_weights", None), self.opt.param_lists)
+        prepare_load(self.opt, sd)
         self.opt.load_state_dict(sd)
         self.count = count
-        self.slow_weights = None if slow is None else L(
-            L(t.detach().to(device=p.device, dtype=p.dtype).clone() for t, p in zip(sl, pl))
-            for sl, pl in zip(slow, self.opt.param_lists))
+        self.slow_weights = None if slow is None else L(L(sl) for sl in slow)
 
     def __repr__(self):
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"
