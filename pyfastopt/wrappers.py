@@ -5,6 +5,7 @@ import torch
 
 from . import native
 from .foundation import L, is_listy, range_of
+from .torch_hooks import step_inner
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks)
 from .validation import as_int, check_hyper
@@ -74,7 +75,7 @@ class Lookahead(Optimizer):
                 loss = closure()
         if self.slow_weights is None:
             self._init_slow_weights()
-        self.opt.step()
+        step_inner(self.opt)        # torch's global step hooks ran once, for this step
         self.count += 1
         if self.count % self.k == 0:
             self._sync_slow_weights()
@@ -212,7 +213,7 @@ class OptimWrapper(_BaseOptimizer):
         return getattr(self.__dict__["opt"], name)
 
     def step(self, closure=None):
-        return self.opt.step(closure)
+        return step_inner(self.opt, closure)
 
     def zero_grad(self, set_to_none=True):
         return self.opt.zero_grad(set_to_none=set_to_none)
