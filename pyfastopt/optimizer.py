@@ -425,8 +425,9 @@ class Optimizer(_BaseOptimizer):
         for k, v in hyper.items():
             check_hyper(k, v, self._hyper_bounds(k))
         self._engine.invalidate()
+        nl = self._names_list()
         self.param_lists.append(params)
-        self._names_list().append(None if names is None else list(names))
+        nl.append(None if names is None else list(names))
         self.hypers.append(hyper)
 
     def _set_group_params(self, i, params):
