@@ -705,9 +705,10 @@ def _plain(d):
 
 
 def _to_param(v, p, key):
-    "Loaded state goes to the param's device; floating tensors (not 0-d counters) to its dtype."
+    """Loaded state goes to the param's device; floating tensors (not 0-d counters) to its dtype,
+    float32 for a half param (the half rule, half.py)."""
     if not isinstance(v, torch.Tensor):
         return v
     if v.is_floating_point() and v.ndim > 0:
-        return v.to(device=p.device, dtype=p.dtype)
+        return v.to(device=p.device, dtype=torch.float32 if p.dtype in HALF_DTYPES else p.dtype)
     return v.to(device=p.device)

@@ -240,3 +240,23 @@ def test_l2_reg_changes_the_half_grad_in_place_as_fastai():
         assert p.grad is g
         torch.testing.assert_close(g.float(), torch.full((3,), 1.0))    # 0.5 + 0.5 * 1
         torch.testing.assert_close(p.float(), torch.full((3,), 0.9).bfloat16().float())
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_state_dict_round_trip_keeps_float32_state(dtype):
+    "Saving and loading mid-run changes nothing: the float32 state is not squeezed into half."
+    a, grads = problem(dtype)
+    b = [p.clone() for p in a]
+    o1, o2 = po.Adam(a, lr=0.01), po.Adam(b, lr=0.01)
+    for k, row in enumerate(grads):
+        for x, y, gr in zip(a, b, row):
+            x.grad, y.grad = gr.clone(), gr.clone()
+        o1.step()
+        o2.step()
+        if k == 2:
+            sd = o2.state_dict()
+            o2 = po.Adam(b, lr=0.01)
+            o2.load_state_dict(sd)
+            assert all(o2.state[p]["sqr_avg"].dtype == torch.float32 for p in b)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
