@@ -301,6 +301,8 @@ class Optimizer(_BaseOptimizer):
         if len({n is None for n in names}) > 1:
             raise ValueError("params: all param groups must be given with names or all without "
                              "(torch's rule)")
+        for i, (n, pl) in enumerate(zip(names, param_lists)):
+            _check_names(n, pl, f"params[{i}]")
         _check_params(param_lists)
         self.cbs = cbs
         reads = tn.chain_reads(cbs)
@@ -412,6 +414,7 @@ class Optimizer(_BaseOptimizer):
             raise ValueError("param_group must have a 'params' key")
         ps, names = tn.split_named(_as_param_list(param_group["params"]), "param_group['params']")
         names = param_group.get("param_names", names)
+        _check_names(names, ps, "param_group")
         if (names is None) != (self._group_names(0) is None):
             raise ValueError("param_group: all param groups must be given with names or all "
                              "without (torch's rule)")
@@ -666,6 +669,13 @@ class Optimizer(_BaseOptimizer):
         self.__dict__.update(state)
         if "_engine" not in state:
             self._engine = Engine(self, _check_grads)
+
+
+def _check_names(names, params, where):
+    if names is not None and (isinstance(names, str) or len(list(names)) != len(params)
+                              or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{where}: param_names must be {len(params)} strings, one per param, "
+                         f"got {names!r}")
 
 
 def _group_dict(g):

@@ -330,6 +330,11 @@ def test_named_groups_and_rules():
     assert len(opt.param_lists) == 1
     opt.add_param_group({"params": named[2:]})
     assert opt.state_dict()["param_groups"][1]["param_names"] == ["2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="param_names"):
+        po.Adam([{"params": [p for _, p in named], "param_names": ["a"]}], lr=0.1)
+    with pytest.raises(ValueError, match="param_names"):
+        opt.param_groups[0]["param_names"] = ["only_one"]
+    assert opt.param_groups[0]["param_names"] == ["0.weight", "0.bias"]
     plain = po.Adam(m.parameters(), lr=0.1)
     assert "param_names" not in plain.param_groups[0]
     assert "param_names" not in plain.state_dict()["param_groups"][0]
