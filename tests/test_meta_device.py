@@ -48,7 +48,7 @@ def test_meta_refuses_host_syncs():
             sync()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])   # bfloat16: float16's path
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_every_optimizer_steps_on_meta(name, mode, dtype):
