@@ -20,9 +20,10 @@ from functools import partial
 import torch
 
 from .foundation import L
+from .half import HALF_DTYPES
 from .steppers import (adam_step, average_grad, average_sqr_grad, l2_reg, lamb_step,
-                       larc_layer_lr, larc_step, momentum_step, qhadam_step, radam_step,
-                       rms_prop_step, sgd_step, step_stat, weight_decay)
+                       larc_layer_lr, larc_step, lion_step, momentum_step, qhadam_step,
+                       radam_step, rms_prop_step, sgd_step, step_stat, weight_decay)
 from .validation import HYPER_BOUNDS, check_hyper
 
 __all__ = ["StateDictError", "UnsafeCheckpointError", "prepare_load", "to_torch_state_dict",
@@ -39,7 +40,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 # The state each built-in stepper keeps, and the built-in steppers that keep none.
 _STATE_OF = {average_grad: "grad_avg", average_sqr_grad: "sqr_avg", step_stat: "step",
-             larc_layer_lr: "local_lr"}
+             larc_layer_lr: "local_lr", lion_step: "grad_avg"}
 _STATELESS = {sgd_step, weight_decay, l2_reg, momentum_step, rms_prop_step, adam_step, radam_step,
               qhadam_step, larc_step, lamb_step}
 _BUILTIN_STATE = frozenset(_STATE_OF.values())
@@ -178,9 +179,10 @@ def _other(where, v, p):
 
 
 def _to_param(v, p):
-    "Loaded state goes to the param's device; floating tensors (not 0-d counters) to its dtype."
+    """Loaded state goes to the param's device; floating tensors (not 0-d counters) to its dtype,
+    float32 for a half param (the half-precision rule, half.py)."""
     if v.is_floating_point() and v.ndim > 0:
-        return v.to(device=p.device, dtype=p.dtype)
+        return v.to(device=p.device, dtype=torch.float32 if p.dtype in HALF_DTYPES else p.dtype)
     return v.to(device=p.device)
 
 

@@ -18,7 +18,7 @@ from functools import partial
 
 import torch
 
-from . import kernels, native
+from . import half as _half, kernels, native
 from .backend import (CHAIN, FUSED, NATIVE, ChainFacts, Knobs, ParamFacts, choose_path)
 from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
 from .recipe import recipe_for
@@ -58,11 +58,21 @@ class Bucket:
     `state` holds, per key, either a TensorList (one value per param) or one value for all.
     `kernel` is the chain kernel that steps it, if any; `kernel_state` its scratch (e.g. the
     step tensor the fused kernels read), never part of the params' state."""
-    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat")
+    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat", "half")
 
-    def __init__(self, group, params, states, flat=False, grads_back=False, views_only=True):
+    def __init__(self, group, params, states, flat=False, grads_back=False, views_only=True,
+                 upcast=False):
         self.group, self.params = group, params
-        self.kernel, self.kernel_state, self.flat = None, {}, None
+        self.kernel, self.kernel_state, self.flat, self.half = None, {}, None, None
+        if upcast:                      # half params: the chain runs on float32 shadows (half.py)
+            for st in states:
+                _half.upcast_state(st)
+            self.half = _half.Shadows(params, grads_back)
+            self.batch = ParamBatch(self.half.p32, self.half.g32)
+            first = states[0]
+            self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor)
+                              else v) for k, v in first.items()}
+            return
         if flat:
             fb = FlatBucketData(params, grads_back, views_only)
             state = fb.flatten_state(states) if fb.flat_p is not None else None
@@ -196,6 +206,8 @@ class Engine:
             batch, state, kernel, flat = b.batch, b.state, b.kernel, b.flat
             if flat is not None:
                 flat.gather()
+            elif b.half is not None:
+                b.half.gather()
             if kernel is None or not kernel(b, {**state, **hyper}):
                 for cb in cbs:
                     res = cb(batch, **{**state, **hyper})
@@ -203,6 +215,8 @@ class Engine:
                         state.update(res)
             if flat is not None:
                 flat.scatter()
+            elif b.half is not None:
+                b.half.scatter()
 
     def matches(self):
         """Do the params, their grads, the groups, the steppers and the knobs still match what the
@@ -242,7 +256,7 @@ class Engine:
         fused_kernel = kernels.kernel_for(match) if opt._fused else None
         funcs = [stepper_func(cb) for cb in cbs]
         chain = ChainFacts(native=native_kernel is not None, fused=fused_kernel is not None,
-                           flat_safe=flat_safe(funcs))
+                           flat_safe=flat_safe(funcs), fused_dtypes=kernels.FUSED_DTYPES)
         # the thread count matters only where a param could go either to a native kernel or to
         # torch's (multi-threaded) fused one; the plan is rebuilt when it changes
         threads = torch.get_num_threads() if chain.native and chain.fused else None
@@ -261,10 +275,13 @@ class Engine:
                 if p.grad is None:
                     continue
                 path = choose_path(param_facts(p), chain, knobs)
-                key = (p.device, p.dtype, _signature(states[p]), path.kernel, path.flat)
+                if path.upcast:
+                    _half.upcast_state(states[p])
+                key = (p.device, p.dtype, _signature(states[p]), path.kernel, path.flat,
+                       path.upcast)
                 buckets.setdefault(key, []).append(p)
             for key, ps in buckets.items():
-                kind, small = key[-2], key[-1]
+                kind, small, upcast = key[-3], key[-2], key[-1]
                 kernel = kernel_of[kind]
                 # a kernel has no list-sized temporaries; the chain's are bounded by chunking
                 parts = _chunks(ps, FLAT_MAX_TOTAL) if small else \
@@ -272,7 +289,8 @@ class Engine:
                 for part in parts:
                     b = Bucket(gi, part, [states[p] for p in part],
                                flat=small and len(part) >= FLAT_MIN_PARAMS,
-                               grads_back=grads_back, views_only=not for_flatten)
+                               grads_back=grads_back, views_only=not for_flatten,
+                               upcast=upcast)
                     if kernel is not None and kernel.usable(b):
                         b.kernel = kernel
                     plan.buckets.append(b)

@@ -22,10 +22,13 @@ from collections.abc import MutableMapping
 from functools import partial
 
 import torch
+from torch.autograd.graph import increment_version
 
+from .half import HALF_DTYPES, step_one as half_step_one
 from .backend import PER_PARAM, choose_impl
 from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
+from . import torch_names as tn
 from .validation import HYPER_BOUNDS, as_int, check_hyper
 from .checkpoint import prepare_load
 
@@ -118,28 +121,54 @@ class ParamGroup(MutableMapping):
     def _hyper(self):
         return self._opt.hypers[self._i]
 
+    def _names(self):
+        return self._opt._group_names(self._i)
+
     def __getitem__(self, k):
         if k == "params":
             return self._opt.param_lists[self._i].items
-        return self._hyper()[k]
+        h = self._hyper()
+        if k in h:
+            return h[k]
+        if k == "param_names" and self._names() is not None:
+            return self._names()
+        if k in tn.TORCH_NAMES:         # torch's name: a live view of fastai's hypers
+            return tn.view_get(h, k, self._opt._torch_views())
+        raise KeyError(k)
 
     def __setitem__(self, k, v):
         if k == "params":
             self._opt._set_group_params(self._i, v)
+            return
+        h = self._hyper()
+        if k == "param_names" and k not in h:
+            self._opt._set_group_names(self._i, v)
+        elif k in h:
+            h[k] = v
+        elif k in tn.TORCH_NAMES and k in self._opt._torch_views():
+            tn.view_set(h, k, v)
         else:
-            self._hyper()[k] = v
+            h.update(tn.translate({k: v}, h, f"param_groups[{self._i}]",
+                                  self._opt._chain_reads()))
 
     def __delitem__(self, k):
         if k == "params":
             raise KeyError("a param group's 'params' cannot be deleted")
-        del self._hyper()[k]
+        h = self._hyper()
+        if k == "param_names" and k not in h:
+            self._opt._set_group_names(self._i, None)
+            return
+        del h[k]
 
     def __iter__(self):
         yield "params"
         yield from self._hyper()
+        if self._names() is not None and "param_names" not in self._hyper():
+            yield "param_names"
 
     def __len__(self):
-        return 1 + len(self._hyper())
+        return 1 + len(self._hyper()) + \
+            (self._names() is not None and "param_names" not in self._hyper())
 
     def __repr__(self):
         return repr(dict(self))
@@ -240,7 +269,10 @@ class _BaseOptimizer(torch.optim.Optimizer):
         for i, g in enumerate(groups):
             if "params" in g:
                 self._set_group_params(i, g.pop("params"))
-            self.hypers[i].update(g)
+            if "param_names" in g and "param_names" not in self.hypers[i]:
+                self._set_group_names(i, g.pop("param_names"))
+            reads = self._chain_reads() if hasattr(self, "_chain_reads") else None
+            self.hypers[i].update(tn.translate(g, self.hypers[i], f"param_groups[{i}]", reads))
 
 
 class Optimizer(_BaseOptimizer):
@@ -267,16 +299,36 @@ class Optimizer(_BaseOptimizer):
             # torch-style groups, [{'params': [...], 'lr': ...}, ...]: each dict is a group and its
             # other keys override the defaults for that group
             groups = [_group_dict(g) for g in params]
-            param_lists = L(L(_as_param_list(g["params"])) for g in groups)
-            overrides = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+            split = [tn.split_named(_as_param_list(g["params"]), f"params[{i}]['params']")
+                     for i, g in enumerate(groups)]
+            param_lists = L(L(ps) for ps, _ in split)
+            names = [g.get("param_names", n) for g, (_, n) in zip(groups, split)]
+            overrides = [{k: v for k, v in g.items() if k not in ("params", "param_names")}
+                         for g in groups]
         elif isinstance(params[0], (L, list)):
-            param_lists = L(L(p) for p in params)
+            split = [tn.split_named(_as_param_list(p), f"params[{i}]") for i, p in enumerate(params)]
+            param_lists = L(L(ps) for ps, _ in split)
+            names = [n for _, n in split]
         else:
-            param_lists = L([params])
+            ps, n = tn.split_named(params)
+            param_lists, names = L([L(ps)]), [n]
+        if len({n is None for n in names}) > 1:
+            raise ValueError("params: all param groups must be given with names or all without "
+                             "(torch's rule)")
+        for i, (n, pl) in enumerate(zip(names, param_lists)):
+            _check_names(n, pl, f"params[{i}]")
         _check_params(param_lists)
         self.cbs = cbs
-        defaults = merge(*cbs.attrgot("defaults"), defaults)
+        reads = tn.chain_reads(cbs)
+        base = merge(*cbs.attrgot("defaults"))
+        defaults = tn.translate(defaults, [*base, *(k for k in defaults if k not in tn.TORCH_NAMES)],
+                                "Optimizer()", reads | set(base))
+        defaults = merge(base, defaults)
+        if overrides:
+            overrides = [tn.translate(o, defaults, f"params[{i}]", reads)
+                         for i, o in enumerate(overrides)]
         self.param_lists = param_lists
+        self._param_names = [None if n is None else list(n) for n in names]
         self.hypers = L({} for _ in param_lists)
         self._group_views = []
         self._state = defaultdict(dict)
@@ -289,7 +341,7 @@ class Optimizer(_BaseOptimizer):
         for o in overrides or []:
             for k, v in o.items():
                 check_hyper(k, v, self._hyper_bounds(k))
-        _init_torch_base(self, dict(defaults))
+        _init_torch_base(self, tn.TorchDefaults(defaults, self._torch_views()))
         for k, v in values.items():
             self._set_hyper(k, v)
         for h, o in zip(self.hypers, overrides or []):
@@ -374,21 +426,71 @@ class Optimizer(_BaseOptimizer):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         if "params" not in param_group:
             raise ValueError("param_group must have a 'params' key")
-        params = L(_as_param_list(param_group["params"]))
+        ps, names = tn.split_named(_as_param_list(param_group["params"]), "param_group['params']")
+        names = param_group.get("param_names", names)
+        _check_names(names, ps, "param_group")
+        if (names is None) != (self._group_names(0) is None):
+            raise ValueError("param_group: all param groups must be given with names or all "
+                             "without (torch's rule)")
+        params = L(ps)
         _check_params(L([*self.param_lists, params]))
-        hyper = {k: param_group.get(k, v) for k, v in self.defaults.items()}
-        hyper.update({k: v for k, v in param_group.items() if k != "params"})
+        given = tn.translate({k: v for k, v in param_group.items()
+                              if k not in ("params", "param_names")},
+                             self.defaults, "param_group", self._chain_reads())
+        hyper = {k: given.get(k, v) for k, v in self.defaults.items()}
+        hyper.update(given)
         for k, v in hyper.items():
             check_hyper(k, v, self._hyper_bounds(k))
         self._engine.invalidate()
+        nl = self._names_list()
         self.param_lists.append(params)
+        nl.append(None if names is None else list(names))
         self.hypers.append(hyper)
 
     def _set_group_params(self, i, params):
-        params = L(_as_param_list(params))
+        ps, names = tn.split_named(_as_param_list(params), f"param_groups[{i}]['params']")
+        params = L(ps)
         _check_params(L([*(pl for j, pl in enumerate(self.param_lists) if j != i), params]))
         self._engine.invalidate()
         self.param_lists[i] = params
+        nl = self._names_list()
+        if names is not None or (nl[i] is not None and len(nl[i]) != len(params)):
+            nl[i] = names
+
+    # ---- torch's names and named params (torch_names.py) ---------------------------------------
+    def _chain_reads(self):
+        "The hyper names the steppers read (cached per steppers)."
+        key = tuple(map(id, self.cbs))
+        c = self.__dict__.get("_reads_cache")
+        if c is None or c[0] != key:
+            reads = tn.chain_reads(self.cbs)
+            c = self.__dict__["_reads_cache"] = (key, reads, tn.views(reads))
+        return c[1]
+
+    def _torch_views(self):
+        "The torch names `param_groups` answers as views of fastai's hypers (torch_names.py)."
+        self._chain_reads()
+        return self.__dict__["_reads_cache"][2]
+
+    def _names_list(self):
+        nl = self.__dict__.get("_param_names")
+        if nl is None or len(nl) != len(self.param_lists):
+            nl = (list(nl or []) + [None] * len(self.param_lists))[:len(self.param_lists)]
+            self.__dict__["_param_names"] = nl
+        return nl
+
+    def _group_names(self, i):
+        "Group `i`'s param names (given as named params), or None."
+        return self._names_list()[i]
+
+    def _set_group_names(self, i, names):
+        if names is not None:
+            names = list(names)
+            if len(names) != len(self.param_lists[i]) or \
+                    not all(isinstance(n, str) for n in names):
+                raise ValueError(f"param_names of group {i} must be {len(self.param_lists[i])} "
+                                 f"strings, got {names!r}")
+        self._names_list()[i] = names
 
     # ---- the step ------------------------------------------------------------------------------
     @property
@@ -431,13 +533,20 @@ class Optimizer(_BaseOptimizer):
         "fastai's loop: every stepper for every param with a grad, with `{**state, **hyper}`."
         _check_grads(p for pl in self.param_lists for p in pl)
         for pl, hyper in zip(self.param_lists, self.hypers):
+            stepped = []
             for p in pl:
                 if getattr(p, "grad", None) is None:
                     continue
                 state = self._state[p]
-                for cb in self.cbs:
-                    _update(state, cb(p, **{**state, **hyper}))
+                if p.dtype in HALF_DTYPES:        # one half-precision rule on every path
+                    half_step_one(p, state, self.cbs, hyper, _update)
+                else:
+                    for cb in self.cbs:
+                        _update(state, cb(p, **{**state, **hyper}))
                 self._state[p] = state
+                stepped.append(p)
+            if stepped:     # steppers write p.data, which autograd does not see: as torch does
+                increment_version(stepped)
 
     @torch.no_grad()
     def flatten_params(self):
@@ -503,8 +612,10 @@ class Optimizer(_BaseOptimizer):
             state[k] = _plain(v) if isinstance(v, dict) else v
         hypers = [_plain(h) for h in self.hypers]
         groups, start = [], 0
-        for pl, h in zip(self.param_lists, hypers):
+        for i, (pl, h) in enumerate(zip(self.param_lists, hypers)):
             groups.append({**h, "params": list(range(start, start + len(pl)))})
+            if self._group_names(i) is not None:      # as torch writes named params' groups
+                groups[-1]["param_names"] = list(self._group_names(i))
             start += len(pl)
         return {"state": state, "hypers": hypers, "param_groups": groups, "kind": self.kind()}
 
@@ -547,6 +658,13 @@ class Optimizer(_BaseOptimizer):
         state.pop("_plan", None)            # pickled before the engine had its own module
         self.__dict__.update(state)
         self._engine = Engine(self, _check_grads)
+
+
+def _check_names(names, params, where):
+    if names is not None and (isinstance(names, str) or len(list(names)) != len(params)
+                              or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{where}: param_names must be {len(params)} strings, one per param, "
+                         f"got {names!r}")
 
 
 def _group_dict(g):

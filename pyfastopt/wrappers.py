@@ -5,6 +5,7 @@ import torch
 
 from . import native
 from .foundation import L, is_listy, range_of
+from .torch_hooks import step_inner
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks, _step_lock)
 from .validation import as_int, check_hyper
@@ -76,7 +77,7 @@ class Lookahead(Optimizer):
                     loss = closure()
             if self.slow_weights is None:
                 self._init_slow_weights()
-            self.opt.step()
+            step_inner(self.opt)        # torch's global step hooks ran once, for this step
             self.count += 1
             if self.count % self.k == 0:
                 self._sync_slow_weights()
@@ -211,7 +212,7 @@ class OptimWrapper(_BaseOptimizer):
 
     def step(self, closure=None):
         with _step_lock(self):           # torch optimizers do not guard their own steps
-            return self.opt.step(closure)
+            return step_inner(self.opt, closure)
 
     def zero_grad(self, set_to_none=True):
         return self.opt.zero_grad(set_to_none=set_to_none)

@@ -9,8 +9,10 @@ from ..native import F_ADAPTIVE, F_EPS, Decay, Moments, doubles
 from ..optimizer import Optimizer
 from ..recipe import FusedSpec, NativeSpec, Recipe, register
 from ._shared import Params, adam_chain, adam_family_chain, fill_adam_moments
+from ..torch_names import accepts_torch_names
 
 
+@accepts_torch_names
 def Adam(params: Params, lr: float, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5,
          wd: float = 0.01, decouple_wd: bool = True) -> Optimizer:
     "Adam with `lr`, `mom` (beta1), `sqr_mom` (beta2), `eps` and weight decay `wd` (AdamW-like by default)."

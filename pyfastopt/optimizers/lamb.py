@@ -7,8 +7,10 @@ from ..native import Decay, Moments, doubles
 from ..optimizer import Optimizer
 from ..recipe import NativeSpec, Recipe, register
 from ._shared import Params, adam_chain, adam_family_chain, fill_adam_moments
+from ..torch_names import accepts_torch_names
 
 
+@accepts_torch_names
 def Lamb(params: Params, lr: float, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5,
          wd: float = 0., decouple_wd: bool = True) -> Optimizer:
     "LAMB: Adam's update scaled per layer by a trust ratio."

@@ -8,8 +8,10 @@ from ..native import F_CLIP, F_MOM, Decay, doubles
 from ..optimizer import Optimizer
 from ..recipe import Chain, NativeSpec, Opt, Recipe, Step, register
 from ._shared import Params, as_flag, decay_stepper, is_zero
+from ..torch_names import accepts_torch_names
 
 
+@accepts_torch_names
 def Larc(params: Params, lr: float, mom: float = 0.9, clip: bool = True, trust_coeff: float = 0.02,
          eps: float = 1e-8, wd: float = 0., decouple_wd: bool = True) -> Optimizer:
     "LARC (LARS with `clip=False`): SGD with a per-layer learning rate from `trust_coeff`."

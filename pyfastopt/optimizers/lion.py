@@ -9,8 +9,10 @@ from ..native import Decay, doubles
 from ..optimizer import Optimizer
 from ..recipe import Chain, NativeSpec, Recipe, Step, register
 from ._shared import Params, decay_stepper
+from ..torch_names import accepts_torch_names
 
 
+@accepts_torch_names
 def Lion(params: Params, lr: float = 1e-4, mom: float = 0.9, sqr_mom: float = 0.99,
          wd: float = 0.1, decouple_wd: bool = True) -> Optimizer:
     "Lion with `lr`, `mom` (beta1, the interpolation), `sqr_mom` (beta2, the momentum), `wd`."

@@ -6,9 +6,11 @@ from ..optimizer import Optimizer
 from ..recipe import FusedSpec, NativeSpec, Recipe, register
 from ..wrappers import Lookahead
 from ._shared import Params, adam_chain, adam_family_chain, fill_adam_moments
+from ..torch_names import accepts_torch_names
 from .adam import AdamHypers, fused_adam
 
 
+@accepts_torch_names
 def RAdam(params: Params, lr: float, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5,
           wd: float = 0., beta: float = 0., decouple_wd: bool = True) -> Optimizer:
     "RAdam (rectified Adam); `beta` > 0 applies SAdam's softplus to the denominator."
@@ -16,6 +18,7 @@ def RAdam(params: Params, lr: float, mom: float = 0.9, sqr_mom: float = 0.99, ep
                      sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta)
 
 
+@accepts_torch_names
 def ranger(params: Params, lr: float, mom: float = 0.95, wd: float = 0.01, eps: float = 1e-6,
            k: int = 6, alpha: float = 0.5, *, sqr_mom: float = 0.99, beta: float = 0.,
            decouple_wd: bool = True) -> Lookahead:

@@ -7,8 +7,10 @@ from ..native import F_MOM, Decay, Moments, doubles, fill_moments
 from ..optimizer import Optimizer
 from ..recipe import Chain, NativeSpec, Opt, Recipe, Step, register
 from ._shared import Params, decay_stepper, is_zero
+from ..torch_names import accepts_torch_names
 
 
+@accepts_torch_names
 def RMSProp(params: Params, lr: float, mom: float = 0., sqr_mom: float = 0.99, eps: float = 1e-8,
             wd: float = 0., decouple_wd: bool = True) -> Optimizer:
     "RMSProp with `lr`, `sqr_mom` (the alpha of the course), optional momentum `mom`, `eps`, `wd`."

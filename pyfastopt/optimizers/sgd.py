@@ -8,8 +8,10 @@ from ..native import F_MOM, Decay, doubles
 from ..optimizer import Optimizer
 from ..recipe import Chain, FusedSpec, NativeSpec, Recipe, Step, register
 from ._shared import Params, decay_stepper, is_zero
+from ..torch_names import accepts_torch_names
 
 
+@accepts_torch_names
 def SGD(params: Params, lr: float, mom: float = 0., wd: float = 0.,
         decouple_wd: bool = True) -> Optimizer:
     "SGD with `lr`, momentum `mom` and weight decay `wd` (true decay, or L2 if not `decouple_wd`)."
