@@ -211,6 +211,14 @@ class OptimWrapper(_BaseOptimizer):
             raise AttributeError(name)
         return getattr(self.__dict__["opt"], name)
 
+    # torch's __getstate__ keeps only defaults, state and param_groups: without the wrapped
+    # optimizer a copy or unpickled wrapper cannot even read them
+    def __getstate__(self):
+        return self.__dict__.copy()
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def step(self, closure=None):
         return self.opt.step(closure)
 
