@@ -358,25 +358,30 @@ def close_scaled(a, b, dtype):
     torch.testing.assert_close(a, b, rtol=rel, atol=rel * scale + 1e-30)
 
 
-def same_state(s1, ps1, s2, ps2, close, strict_types=True):
+def same_state(s1, ps1, s2, ps2, close, strict_types=True, close_float=None):
     """The state dicts of params `ps1` in `s1` and of `ps2` in `s2` hold the same keys in the same
     order, values of the same type, tensors of the same dtype and shape and `close(a, b)`,
-    floats `close`, anything else equal. Without `strict_types`, a value that is a tensor on one
-    side only is compared as a tensor of the param's dtype and device."""
+    floats `close_float` (default `close`) as float64 tensors, anything else equal. Without
+    `strict_types`: values of which one is a tensor are compared with `close` as tensors of the
+    param's dtype and device, any others must be equal."""
     for p1, p2 in zip(ps1, ps2):
         a, b = s1[p1], s2[p2]
         assert list(a) == list(b)
         for k in a:
-            if not strict_types and (isinstance(a[k], torch.Tensor) or isinstance(b[k], torch.Tensor)):
-                close(torch.as_tensor(a[k], dtype=p1.dtype, device=p1.device),
-                      torch.as_tensor(b[k], dtype=p1.dtype, device=p1.device))
+            if not strict_types:
+                if isinstance(a[k], torch.Tensor) or isinstance(b[k], torch.Tensor):
+                    close(torch.as_tensor(a[k], dtype=p1.dtype, device=p1.device),
+                          torch.as_tensor(b[k], dtype=p1.dtype, device=p1.device))
+                else:
+                    assert a[k] == b[k], k
                 continue
             assert type(a[k]) is type(b[k]), (k, type(a[k]), type(b[k]))
             if isinstance(a[k], torch.Tensor):
                 assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
                 close(a[k].cpu(), b[k].cpu())
             elif isinstance(a[k], float):
-                close(torch.tensor(a[k], dtype=torch.float64), torch.tensor(b[k], dtype=torch.float64))
+                (close_float or close)(torch.tensor(a[k], dtype=torch.float64),
+                                       torch.tensor(b[k], dtype=torch.float64))
             else:
                 assert a[k] == b[k], k
 
