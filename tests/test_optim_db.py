@@ -10,7 +10,6 @@ import re
 import pytest
 import torch
 
-import pyfastopt as po
 from helpers import RefOptimizer, close_scaled, same_state
 from optim_db import (FASTAI_ROWS, FLAT, FLOATS, HALVES, MULTI_TENSOR, NATIVE, PER_PARAM, ROWS,
                       inner, set_path)
