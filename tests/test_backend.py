@@ -11,6 +11,8 @@ from pyfastopt import backend
 from pyfastopt import steppers as S
 from pyfastopt.backend import (BUCKETS, CHAIN, FLAT_MAX_NUMEL, FUSED, NATIVE, NATIVE_MT_NUMEL,
                                PER_PARAM, ChainFacts, Knobs, ParamFacts, choose_impl, choose_path)
+from pyfastopt.engine import stepper_func
+from pyfastopt.flat import flat_safe
 from pyfastopt.recipe import DECAY_STEPPERS, flat_safe_steppers, recipe_for, recipes
 
 # a CPU float32 param a native kernel can take, and a chain with every kind of kernel
@@ -152,12 +154,13 @@ def test_the_constants():
 
 
 # ---- recipe_for --------------------------------------------------------------------------------
-@pytest.mark.parametrize("row", [r for r in FASTAI_ROWS], ids=lambda r: r.name)
+@pytest.mark.parametrize("row", FASTAI_ROWS, ids=lambda r: r.name)
 def test_every_factory_chain_maps_to_its_recipe(row):
     opt = row.make([torch.zeros(3)])
     match = recipe_for(list(opt.cbs))
     assert match is not None and match.recipe.name == row.recipe
     assert match.decoupled is row.decoupled
+    assert flat_safe([stepper_func(cb) for cb in opt.cbs]) is row.flat_safe
 
 
 @pytest.mark.parametrize("row", FASTAI_ROWS, ids=lambda r: r.name)
