@@ -203,7 +203,7 @@ def r_lamb_step(p, g, st, h):
 
 
 def r_lion_step(p, g, st, h):
-    "Lion (Chen et al. 2023): p -= lr * sign(mom * m + (1 - mom) * g); m = sqr_mom * m + (1 - sqr_mom) * g"
+    "Lion: p -= lr * sign(mom * m + (1 - mom) * g), then m = sqr_mom * m + (1 - sqr_mom) * g"
     m = st.get('grad_avg')
     if m is None:
         m = torch.zeros_like(g)
