@@ -1,7 +1,8 @@
 """Generic tests over every row of the optimizer table (`optim_db.py`): the paths agree, the state
 lives on the param's device and dtype, each bucket gets the kernel the row expects, checkpoints
 resume bit for bit, deepcopy, zero_grad, torch's LR schedulers, step hooks, and the checks of
-every hyper. CUDA rows run only with a GPU."""
+every hyper. CUDA rows run only with a GPU. (Every row with a float64 reference is checked against
+it in test_steppers_math.py.)"""
 import copy
 import io
 import math
@@ -118,24 +119,6 @@ def test_paths_agree(row, dtype):
             assert opt.count == ref.count == STEPS
             for s, r in zip(flat_list(opt.slow_weights), flat_list(ref.slow_weights)):
                 close(s, r)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-@pytest.mark.parametrize("row", [r for r in FASTAI_ROWS if r.ref is not None],
-                         ids=ids([r for r in FASTAI_ROWS if r.ref is not None]))
-def test_default_path_matches_the_float64_reference(row, dtype):
-    groups, opt = run(row, dtype)
-    lr = row.kwargs["lr"]
-    cbs, hypers, lookahead = row.reference([lr / 2, lr])
-    init = make_params(torch.float64)
-    states = [[{} for _ in g] for g in init]
-    states[NO_WD[0]][NO_WD[1]]["do_wd"] = False
-    ref = RefOptimizer(init, cbs, hypers, states=states, lookahead=lookahead)
-    for grads in make_grads(torch.float64):
-        ref.step(grads)
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-    for p, r in zip(flat_list(groups), ref.flat()):
-        torch.testing.assert_close(p.double(), r, **tol)
 
 
 # ---- state, kernels ----------------------------------------------------------------------------
