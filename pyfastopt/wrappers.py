@@ -210,6 +210,16 @@ class OptimWrapper(_BaseOptimizer):
             raise AttributeError(name)
         return getattr(self.__dict__["opt"], name)
 
+    # torch's __getstate__ keeps only defaults, state and param_groups: without the wrapped
+    # optimizer a copy or unpickled wrapper cannot even read them
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d.pop("_step_lock", None)        # a copy gets its own lock at its first step
+        return d
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     def step(self, closure=None):
         with _step_lock(self):           # torch optimizers do not guard their own steps
             return step_inner(self.opt, closure)

@@ -202,6 +202,15 @@ def r_lamb_step(p, g, st, h):
     p.sub_(h['lr'] * q * u)
 
 
+def r_lion_step(p, g, st, h):
+    "Lion: p -= lr * sign(mom * m + (1 - mom) * g), then m = sqr_mom * m + (1 - sqr_mom) * g"
+    m = st.get('grad_avg')
+    if m is None:
+        m = torch.zeros_like(g)
+    p.sub_(h['lr'] * torch.sign(h['mom'] * m + (1 - h['mom']) * g))
+    st['grad_avg'] = h['sqr_mom'] * m + (1 - h['sqr_mom']) * g
+
+
 # ----------------------------------------------------------------------------------------------
 # reference factories (spec §4 table): callbacks and the full hyper dict of one group
 # ----------------------------------------------------------------------------------------------
@@ -239,6 +248,10 @@ def ref_factory(kind, lr, decouple_wd=True, **kw):
         h = dict(lr=lr, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.)
         h.update(kw)
         cbs = [wdcb, r_average_grad(True), r_average_sqr_grad(True), r_step_stat, r_lamb_step]
+    elif kind == 'Lion':
+        h = dict(lr=lr, mom=0.9, sqr_mom=0.99, wd=0.1)
+        h.update(kw)
+        cbs = [wdcb, r_lion_step]
     else:
         raise ValueError(kind)
     return cbs, h
@@ -331,6 +344,46 @@ def set_grads(groups, grads):
     for grp, gg in zip(groups, grads):
         for p, g in zip(grp, gg):
             p.grad = None if g is None else g.clone()
+
+
+# ----------------------------------------------------------------------------------------------
+# comparing two runs (not spec material)
+# ----------------------------------------------------------------------------------------------
+def close_scaled(a, b, dtype):
+    """Equal within 1e-6 (float32) or 1e-12 (float64) relative to each value, with the same
+    fraction of the tensor's largest magnitude as absolute slack (for entries near zero)."""
+    a, b = torch.as_tensor(a, dtype=dtype), torch.as_tensor(b, dtype=dtype)
+    rel = 1e-6 if dtype == torch.float32 else 1e-12
+    scale = float(b.abs().max()) if b.numel() else 0.
+    torch.testing.assert_close(a, b, rtol=rel, atol=rel * scale + 1e-30)
+
+
+def same_state(s1, ps1, s2, ps2, close, strict_types=True, close_float=None):
+    """The state dicts of params `ps1` in `s1` and of `ps2` in `s2` hold the same keys in the same
+    order, values of the same type, tensors of the same dtype and shape and `close(a, b)`,
+    floats `close_float` (default `close`) as float64 tensors, anything else equal. Without
+    `strict_types`: values of which one is a tensor are compared with `close` as tensors of the
+    param's dtype and device, any others must be equal."""
+    for p1, p2 in zip(ps1, ps2):
+        a, b = s1[p1], s2[p2]
+        assert list(a) == list(b)
+        for k in a:
+            if not strict_types:
+                if isinstance(a[k], torch.Tensor) or isinstance(b[k], torch.Tensor):
+                    close(torch.as_tensor(a[k], dtype=p1.dtype, device=p1.device),
+                          torch.as_tensor(b[k], dtype=p1.dtype, device=p1.device))
+                else:
+                    assert a[k] == b[k], k
+                continue
+            assert type(a[k]) is type(b[k]), (k, type(a[k]), type(b[k]))
+            if isinstance(a[k], torch.Tensor):
+                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+                close(a[k].cpu(), b[k].cpu())
+            elif isinstance(a[k], float):
+                (close_float or close)(torch.tensor(a[k], dtype=torch.float64),
+                                       torch.tensor(b[k], dtype=torch.float64))
+            else:
+                assert a[k] == b[k], k
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,30 +9,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import NONE_GRAD, NO_WD, clone_groups, make_problem, set_grads  # noqa: E402
 
-from pyfastopt import SGD, RMSProp, Adam, RAdam, QHAdam, Larc, Lamb, Lookahead, ranger  # noqa: E402
+from optim_db import rows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-LRS = [1e-2, 5e-3]
-
-FACTORIES = {
-    'SGD': lambda g: SGD(g, lr=LRS, wd=0.1),
-    'SGD_mom': lambda g: SGD(g, lr=LRS, mom=0.9, wd=0.1),
-    'SGD_mom_l2': lambda g: SGD(g, lr=LRS, mom=0.9, wd=0.1, decouple_wd=False),
-    'RMSProp': lambda g: RMSProp(g, lr=[1e-3, 5e-4], wd=0.1),
-    'RMSProp_mom': lambda g: RMSProp(g, lr=[1e-3, 5e-4], mom=0.9, wd=0.1),
-    'Adam': lambda g: Adam(g, lr=LRS),
-    'Adam_l2': lambda g: Adam(g, lr=LRS, wd=0.1, decouple_wd=False),
-    'RAdam': lambda g: RAdam(g, lr=LRS, wd=0.1),
-    'RAdam_beta1': lambda g: RAdam(g, lr=LRS, wd=0.1, beta=1.),
-    'QHAdam': lambda g: QHAdam(g, lr=LRS, wd=0.1),
-    'Larc': lambda g: Larc(g, lr=LRS, wd=0.01),
-    'Larc_noclip': lambda g: Larc(g, lr=LRS, wd=0.01, clip=False),
-    'Larc_mom0': lambda g: Larc(g, lr=LRS, mom=0., wd=0.01),
-    'Lamb': lambda g: Lamb(g, lr=LRS, wd=0.1),
-    'Lookahead_SGD': lambda g: Lookahead(SGD(g, lr=LRS, mom=0.9, wd=0.1), k=3),
-    'ranger': lambda g: ranger(g, lr=LRS, k=3),
-}
+# the rows of the optimizer table (tests/optim_db.py), each with its lr and half of it for the
+# second group
+FACTORIES = {r.name: (lambda g, row=r: row.make(g, lr=[row.kwargs["lr"], row.kwargs["lr"] / 2]))
+             for r in rows("SGD", "SGD_mom", "SGD_mom_l2", "RMSProp", "RMSProp_mom", "Adam",
+                           "Adam_l2", "RAdam", "RAdam_beta", "QHAdam", "Larc", "Larc_noclip",
+                           "Larc_nomom", "Lamb", "Lion", "Lookahead_SGD", "ranger")}
 
 
 def _run(name, device, n_steps, dtype=torch.float32):

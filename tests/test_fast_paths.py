@@ -11,30 +11,18 @@ import pytest
 import torch
 
 import pyfastopt as po
-from helpers import native_off
+from helpers import native_off, same_state
+from optim_db import rows
 from pyfastopt import kernels
 from pyfastopt.recipe import recipe_for
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SHAPES = [(3, 4), (5,), (2, 3, 3), (7,), (1,), (4, 6), (3,), (2, 2), (9,), (5, 1), (6,)] * 2
 
-FACTORIES = {
-    "SGD": lambda ps: po.SGD(ps, lr=0.1),
-    "SGD_mom": lambda ps: po.SGD(ps, lr=0.1, mom=0.9, wd=0.01),
-    "SGD_mom_l2": lambda ps: po.SGD(ps, lr=0.1, mom=0.9, wd=0.01, decouple_wd=False),
-    "RMSProp": lambda ps: po.RMSProp(ps, lr=0.01, wd=0.01),
-    "RMSProp_mom": lambda ps: po.RMSProp(ps, lr=0.01, mom=0.9, decouple_wd=False, wd=0.01),
-    "Adam": lambda ps: po.Adam(ps, lr=0.01),
-    "Adam_l2": lambda ps: po.Adam(ps, lr=0.01, decouple_wd=False),
-    "RAdam": lambda ps: po.RAdam(ps, lr=0.01, wd=0.01),
-    "RAdam_l2": lambda ps: po.RAdam(ps, lr=0.01, wd=0.01, decouple_wd=False),
-    "RAdam_beta": lambda ps: po.RAdam(ps, lr=0.01, beta=2.),
-    "QHAdam": lambda ps: po.QHAdam(ps, lr=0.01, wd=0.01),
-    "Larc": lambda ps: po.Larc(ps, lr=0.1, wd=0.01),
-    "Larc_noclip": lambda ps: po.Larc(ps, lr=0.1, clip=False, mom=0.),
-    "Lamb": lambda ps: po.Lamb(ps, lr=0.01, wd=0.01),
-    "ranger": lambda ps: po.ranger(ps, lr=0.01, k=3),
-}
+# the rows of the optimizer table (tests/optim_db.py) stepped on every mode
+FACTORIES = {r.name: r for r in rows(
+    "SGD", "SGD_mom", "SGD_mom_l2", "RMSProp", "RMSProp_mom", "Adam", "Adam_l2", "RAdam",
+    "RAdam_l2", "RAdam_beta", "QHAdam", "Larc", "Larc_noclip_nomom", "Lamb", "Lion", "ranger")}
 MODES = ("per_param", "generic", "fast", "flat_generic", "list_fused", "torch_fused")
 
 
@@ -95,19 +83,6 @@ def close(a, b, dtype):
     torch.testing.assert_close(a, b, **tol)
 
 
-def same_state(o1, o2, ps1, ps2, dtype):
-    s1, s2 = o1.state, o2.state
-    for p1, p2 in zip(ps1, ps2):
-        a, b = s1[p1], s2[p2]
-        assert list(a) == list(b)
-        for k in a:
-            if isinstance(a[k], torch.Tensor) or isinstance(b[k], torch.Tensor):
-                close(torch.as_tensor(a[k], dtype=dtype, device=p1.device),
-                      torch.as_tensor(b[k], dtype=dtype, device=p1.device), dtype)
-            else:
-                assert a[k] == b[k], k
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", list(FACTORIES))
@@ -117,7 +92,8 @@ def test_paths_agree(name, dtype, device):
         ps, opt = run(name, mode, dtype, device)
         for a, b in zip(ref_ps, ps):
             close(b, a, dtype)
-        same_state(ref, opt, ref_ps, ps, dtype)
+        same_state(ref.state, ref_ps, opt.state, ps, lambda a, b: close(a, b, dtype),
+                   strict_types=False)
 
 
 def test_kernels_recognised():

@@ -19,33 +19,19 @@ import pytest
 import torch
 
 import pyfastopt as po
-from helpers import native_off
+from helpers import close_scaled as close, native_off, same_state
+from optim_db import rows
 from pyfastopt import native, native_build
 from pyfastopt.recipe import recipe_for
 
 pytestmark = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on PATH")
 
-CHAINS = {
-    "SGD": lambda ps, dw: po.SGD(ps, lr=0.1, wd=0.01, decouple_wd=dw),
-    "SGD_mom": lambda ps, dw: po.SGD(ps, lr=0.1, mom=0.9, wd=0.01, decouple_wd=dw),
-    "RMSProp": lambda ps, dw: po.RMSProp(ps, lr=0.01, wd=0.01, decouple_wd=dw),
-    "RMSProp_mom": lambda ps, dw: po.RMSProp(ps, lr=0.01, mom=0.9, wd=0.01, decouple_wd=dw),
-    "Adam": lambda ps, dw: po.Adam(ps, lr=0.01, decouple_wd=dw),
-    "RAdam": lambda ps, dw: po.RAdam(ps, lr=0.01, wd=0.01, decouple_wd=dw),
-    "RAdam_eps0": lambda ps, dw: po.RAdam(ps, lr=0.01, wd=0.01, eps=0., decouple_wd=dw),
-    "QHAdam": lambda ps, dw: po.QHAdam(ps, lr=0.01, wd=0.01, nu_2=0.9, decouple_wd=dw),
-    "Larc": lambda ps, dw: po.Larc(ps, lr=0.1, wd=0.01, decouple_wd=dw),
-    "Larc_nomom": lambda ps, dw: po.Larc(ps, lr=0.1, mom=0., wd=0.01, decouple_wd=dw),
-    "Larc_noclip": lambda ps, dw: po.Larc(ps, lr=0.1, clip=False, mom=0.9, wd=0.01,
-                                          decouple_wd=dw),
-    "Lamb": lambda ps, dw: po.Lamb(ps, lr=0.01, wd=0.01, decouple_wd=dw),
-    "Lion": lambda ps, dw: po.Lion(ps, lr=0.01, wd=0.1, decouple_wd=dw),
-}
+# the native chains of the optimizer table (tests/optim_db.py), each with either decay stepper
+NATIVE_ROWS = rows("SGD", "SGD_mom", "RMSProp", "RMSProp_mom", "Adam", "RAdam", "RAdam_eps0",
+                   "QHAdam", "Larc", "Larc_nomom", "Larc_noclip", "Lamb", "Lion")
+CHAINS = {r.name: (lambda ps, dw, row=r: row.make(ps, decouple_wd=dw)) for r in NATIVE_ROWS}
 # the recipe (pyfastopt/optimizers/<family>.py) whose native kernel each chain gets
-KERNEL = {"SGD": "sgd", "SGD_mom": "sgd", "RMSProp": "rmsprop", "RMSProp_mom": "rmsprop",
-          "Adam": "adam", "RAdam": "radam", "RAdam_eps0": "radam", "QHAdam": "qhadam",
-          "Larc": "larc", "Larc_nomom": "larc", "Larc_noclip": "larc", "Lamb": "lamb",
-          "Lion": "lion"}
+KERNEL = {r.name: r.recipe for r in NATIVE_ROWS}
 
 
 def native_recipe(kernel):
@@ -99,29 +85,6 @@ def run(name, decoupled, dtype, mode="native", steps=12, opt_hook=None):
     return ps, opt
 
 
-def close(a, b, dtype):
-    a, b = torch.as_tensor(a, dtype=dtype), torch.as_tensor(b, dtype=dtype)
-    rel = 1e-6 if dtype == torch.float32 else 1e-12
-    scale = float(b.abs().max()) if b.numel() else 0.
-    torch.testing.assert_close(a, b, rtol=rel, atol=rel * scale + 1e-30)
-
-
-def same_state(o1, ps1, o2, ps2, dtype):
-    s1, s2 = o1.state, o2.state
-    for p1, p2 in zip(ps1, ps2):
-        a, b = s1[p1], s2[p2]
-        assert list(a) == list(b)
-        for k in a:
-            assert type(a[k]) is type(b[k]), (k, type(a[k]), type(b[k]))
-            if isinstance(a[k], torch.Tensor):
-                assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                close(a[k], b[k], dtype)
-            elif isinstance(a[k], float):
-                close(a[k], b[k], torch.float64)
-            else:
-                assert a[k] == b[k], k
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("decoupled", [True, False])
 @pytest.mark.parametrize("name", list(CHAINS))
@@ -130,7 +93,8 @@ def test_native_matches_per_param(name, decoupled, dtype):
     ps, opt = run(name, decoupled, dtype, "native")
     for a, b in zip(ps, ref_ps):
         close(a, b, dtype)
-    same_state(opt, ps, ref, ref_ps, dtype)
+    same_state(opt.state, ps, ref.state, ref_ps, lambda a, b: close(a, b, dtype),
+               close_float=lambda a, b: close(a, b, torch.float64))
 
 
 def test_chains_recognised():

@@ -10,12 +10,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import (NO_WD, NONE_GRAD, RefOptimizer, close32, debias64, make_problem, radam_r,  # noqa: E402
-                     ref_factory, set_grads, clone_groups)
+                     set_grads, clone_groups)
+from optim_db import REF_ROWS  # noqa: E402
 
 from pyfastopt import (sgd_step, weight_decay, l2_reg, average_grad, average_sqr_grad,  # noqa: E402
                        momentum_step, rms_prop_step, step_stat, debias, adam_step, radam_step,
-                       qhadam_step, larc_layer_lr, larc_step, lamb_step, SGD, RMSProp, Adam, RAdam,
-                       QHAdam, Larc, Lamb, Lookahead, ranger)
+                       qhadam_step, larc_layer_lr, larc_step, lamb_step)
 
 
 def rnd(*shape, seed=0, positive=False):
@@ -300,46 +300,16 @@ LRS = [1e-2, 5e-3]
 RMS_LRS = [1e-3, 5e-4]
 
 
-def two(kind, lrs, **kw):
-    cbs, h0 = ref_factory(kind, lrs[0], **dict(kw))
-    _, h1 = ref_factory(kind, lrs[1], **dict(kw))
-    return cbs, [h0, h1]
+def lrs_for(row):
+    "One lr per group: RMSProp's steps are ~10x Adam's (lr * g / sqrt((1 - sqr_mom) * g^2))."
+    return RMS_LRS if row.ref == 'RMSProp' else LRS
 
 
-CONFIGS = {
-    'SGD': (lambda g: SGD(g, lr=LRS, wd=0.1), lambda: two('SGD', LRS, wd=0.1), None),
-    'SGD_l2': (lambda g: SGD(g, lr=LRS, wd=0.1, decouple_wd=False),
-               lambda: two('SGD', LRS, wd=0.1, decouple_wd=False), None),
-    'SGD_mom': (lambda g: SGD(g, lr=LRS, mom=0.9, wd=0.1), lambda: two('SGD', LRS, mom=0.9, wd=0.1), None),
-    'SGD_mom_l2': (lambda g: SGD(g, lr=LRS, mom=0.9, wd=0.1, decouple_wd=False),
-                   lambda: two('SGD', LRS, mom=0.9, wd=0.1, decouple_wd=False), None),
-    'RMSProp': (lambda g: RMSProp(g, lr=RMS_LRS, wd=0.1), lambda: two('RMSProp', RMS_LRS, wd=0.1), None),
-    'RMSProp_mom': (lambda g: RMSProp(g, lr=RMS_LRS, mom=0.9, wd=0.1),
-                    lambda: two('RMSProp', RMS_LRS, mom=0.9, wd=0.1), None),
-    'RMSProp_eps': (lambda g: RMSProp(g, lr=RMS_LRS, eps=1e-2, sqr_mom=0.9, wd=0.1),
-                    lambda: two('RMSProp', RMS_LRS, eps=1e-2, sqr_mom=0.9, wd=0.1), None),
-    'Adam': (lambda g: Adam(g, lr=LRS), lambda: two('Adam', LRS), None),
-    'Adam_l2': (lambda g: Adam(g, lr=LRS, wd=0.1, decouple_wd=False),
-                lambda: two('Adam', LRS, wd=0.1, decouple_wd=False), None),
-    'RAdam': (lambda g: RAdam(g, lr=LRS, wd=0.1), lambda: two('RAdam', LRS, wd=0.1), None),
-    'RAdam_beta1': (lambda g: RAdam(g, lr=LRS, wd=0.1, beta=1.), lambda: two('RAdam', LRS, wd=0.1, beta=1.), None),
-    'QHAdam': (lambda g: QHAdam(g, lr=LRS, wd=0.1), lambda: two('QHAdam', LRS, wd=0.1), None),
-    'Larc': (lambda g: Larc(g, lr=LRS, wd=0.01), lambda: two('Larc', LRS, wd=0.01), None),
-    'Larc_noclip': (lambda g: Larc(g, lr=LRS, wd=0.01, clip=False),
-                    lambda: two('Larc', LRS, wd=0.01, clip=False), None),
-    'Larc_mom0': (lambda g: Larc(g, lr=LRS, mom=0., wd=0.01), lambda: two('Larc', LRS, mom=0., wd=0.01), None),
-    'Larc_l2': (lambda g: Larc(g, lr=LRS, wd=0.01, decouple_wd=False),
-                lambda: two('Larc', LRS, wd=0.01, decouple_wd=False), None),
-    'Lamb': (lambda g: Lamb(g, lr=LRS, wd=0.1), lambda: two('Lamb', LRS, wd=0.1), None),
-    'Lamb_l2': (lambda g: Lamb(g, lr=LRS, wd=0.1, decouple_wd=False),
-                lambda: two('Lamb', LRS, wd=0.1, decouple_wd=False), None),
-    'Lookahead_SGD': (lambda g: Lookahead(SGD(g, lr=LRS, mom=0.9, wd=0.1), k=3, alpha=0.5),
-                      lambda: two('SGD', LRS, mom=0.9, wd=0.1), (3, 0.5)),
-    'Lookahead_Adam': (lambda g: Lookahead(Adam(g, lr=LRS), k=4, alpha=0.3),
-                       lambda: two('Adam', LRS), (4, 0.3)),
-    'ranger': (lambda g: ranger(g, lr=LRS),
-               lambda: two('RAdam', LRS, mom=0.95, wd=0.01, eps=1e-6), (6, 0.5)),
-}
+# every row of the optimizer table (tests/optim_db.py) with a float64 reference:
+# name -> (optimizer on groups g, reference (cbs, hypers per group), Lookahead's (k, alpha))
+CONFIGS = {r.name: (lambda g, row=r: row.make(g, lr=lrs_for(row)),
+                    lambda row=r: row.reference(lrs_for(row))[:2], r.lookahead)
+           for r in REF_ROWS if r.fastai_api}
 
 
 def run_both(name, dtype, n_steps=10):

@@ -14,9 +14,10 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import RefOptimizer, close32, ref_factory  # noqa: E402
+from optim_db import rows  # noqa: E402
 
-from pyfastopt import (L, Optimizer, sgd_step, average_grad, SGD, RMSProp, Adam, RAdam, QHAdam,  # noqa: E402
-                       Larc, Lamb, Lookahead, ranger, OptimWrapper)
+from pyfastopt import (L, Optimizer, sgd_step, average_grad, SGD, RMSProp, Adam,  # noqa: E402
+                       Larc, Lookahead, ranger, OptimWrapper)
 
 
 def P(vals=(1., 2., 3.), grad=(0.1, 0.2, 0.3), dtype=torch.float32):
@@ -25,20 +26,10 @@ def P(vals=(1., 2., 3.), grad=(0.1, 0.2, 0.3), dtype=torch.float32):
     return t
 
 
-FACTORIES = {
-    'SGD': lambda ps, **kw: SGD(ps, lr=1e-2, **kw),
-    'SGD_mom': lambda ps, **kw: SGD(ps, lr=1e-2, mom=0.9, **kw),
-    'RMSProp': lambda ps, **kw: RMSProp(ps, lr=1e-3, **kw),
-    'RMSProp_mom': lambda ps, **kw: RMSProp(ps, lr=1e-3, mom=0.9, **kw),
-    'Adam': lambda ps, **kw: Adam(ps, lr=1e-2, **kw),
-    'RAdam': lambda ps, **kw: RAdam(ps, lr=1e-2, **kw),
-    'QHAdam': lambda ps, **kw: QHAdam(ps, lr=1e-2, **kw),
-    'Larc': lambda ps, **kw: Larc(ps, lr=1e-2, **kw),
-    'Larc_noclip': lambda ps, **kw: Larc(ps, lr=1e-2, clip=False, **kw),
-    'Lamb': lambda ps, **kw: Lamb(ps, lr=1e-2, **kw),
-    'Lookahead_SGD': lambda ps, **kw: Lookahead(SGD(ps, lr=1e-2, mom=0.9, **kw), k=2),
-    'ranger': lambda ps, **kw: ranger(ps, lr=1e-2, k=2, **kw),
-}
+# the rows of the optimizer table (tests/optim_db.py); FACTORIES[name](params, **overrides)
+FACTORIES = {r.name: r for r in rows("SGD", "SGD_mom", "RMSProp", "RMSProp_mom", "Adam", "RAdam",
+                                     "QHAdam", "Larc", "Larc_noclip", "Lamb", "Lion",
+                                     "Lookahead_SGD", "ranger")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,14 +249,8 @@ def test_zero_grad_set_to_none_false_explicit():
 # ----------------------------------------------------------------------------------------------
 # state_dict -> torch.save -> torch.load (weights_only default) -> load_state_dict
 # ----------------------------------------------------------------------------------------------
-ROUND_TRIP = {
-    'Adam': lambda g: Adam(g, lr=[1e-2, 5e-3]),
-    'SGD_mom': lambda g: SGD(g, lr=[1e-2, 5e-3], mom=0.9, wd=0.1),
-    'Lookahead_SGD': lambda g: Lookahead(SGD(g, lr=[1e-2, 5e-3], mom=0.9)),
-    'ranger': lambda g: ranger(g, lr=[1e-2, 5e-3]),
-    'Larc': lambda g: Larc(g, lr=[1e-2, 5e-3]),
-    'Lamb': lambda g: Lamb(g, lr=[1e-2, 5e-3]),
-}
+ROUND_TRIP = {r.name: (lambda g, row=r: row.make(g, lr=[1e-2, 5e-3]))
+              for r in rows("Adam", "SGD_mom", "Lookahead_SGD", "ranger", "Larc", "Lamb", "Lion")}
 
 
 def _rt_params(seed=0):

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import tst_params  # noqa: E402
+from optim_db import BELOW_ONE, DB, rows  # noqa: E402
 
-from pyfastopt import (Optimizer, sgd_step, SGD, RMSProp, Adam, RAdam, QHAdam, Larc, Lamb,  # noqa: E402
-                       Lookahead, ranger)
+from pyfastopt import Optimizer, sgd_step, SGD, Adam, Lookahead  # noqa: E402
 
 
 def P(vals=(1., 2., 3.), grad=(0.1, 0.2, 0.3)):
@@ -23,16 +23,10 @@ def P(vals=(1., 2., 3.), grad=(0.1, 0.2, 0.3)):
     return t
 
 
-FACTORIES = {
-    'SGD': (SGD, ['lr', 'mom', 'wd']),
-    'RMSProp': (RMSProp, ['lr', 'mom', 'sqr_mom', 'eps', 'wd']),
-    'Adam': (Adam, ['lr', 'mom', 'sqr_mom', 'eps', 'wd']),
-    'RAdam': (RAdam, ['lr', 'mom', 'sqr_mom', 'eps', 'wd']),
-    'QHAdam': (QHAdam, ['lr', 'mom', 'sqr_mom', 'eps', 'wd']),
-    'Larc': (Larc, ['lr', 'mom', 'eps', 'wd']),
-    'Lamb': (Lamb, ['lr', 'mom', 'sqr_mom', 'eps', 'wd']),
-    'ranger': (ranger, ['lr', 'mom', 'wd', 'eps', 'sqr_mom']),
-}
+# one row of the optimizer table (tests/optim_db.py) per factory: the factory and its hypers
+FACTORIES = {r.name: (r.factory, list(r.hypers))
+             for r in rows("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "Lion",
+                           "ranger")}
 
 BAD_VALUES = {'negative': -0.1, 'nan': float('nan'), 'inf': float('inf'), 'string': 'abc'}
 
@@ -52,8 +46,10 @@ def test_bad_hyper_rejected(fname, arg, bad):
         fac([P()], **_kwargs(arg, BAD_VALUES[bad]))
 
 
-DIVIDING = [(f, a, v) for f in ('Adam', 'RAdam', 'QHAdam', 'Lamb', 'ranger')
-            for a in ('mom', 'sqr_mom') for v in (1.0, 1.5)]
+# the hypers whose formula divides by 1 - value: [0, 1) in the table
+DIVIDING = [(f, a, v) for f in FACTORIES for a in ('mom', 'sqr_mom')
+            if DB[f].hypers.get(a) == BELOW_ONE for v in (1.0, 1.5)]
+assert {f for f, _, _ in DIVIDING} == {'Adam', 'RAdam', 'QHAdam', 'Lamb', 'ranger'}
 
 
 @pytest.mark.parametrize("fname,arg,v", DIVIDING, ids=[f"{f}-{a}-{v}" for f, a, v in DIVIDING])
