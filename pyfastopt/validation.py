@@ -18,6 +18,7 @@ What is accepted where (the optimizer calls these; see also `Optimizer._check_st
 - Hypers written directly (`opt.hypers[i]['lr'] = nan`, `opt.param_groups[i]['lr'] = -1`):
   `HyperWatch` checks them at the next step, again only the groups that changed.
 """
+import itertools
 import math
 import numbers
 import operator
@@ -45,8 +46,9 @@ HYPER_BOUNDS = {
 _MAX_REPR = 60
 
 
-def describe(v):
-    "A short description of `v` for an error message: type and a repr cut to a few dozen chars."
+def describe(v, with_type=False):
+    """A short description of `v` for an error message: a repr cut to a few dozen characters,
+    after its type unless it is a plain number (or `with_type`)."""
     if isinstance(v, torch.Tensor):
         if v.numel() <= 4 and v.device.type == "cpu":
             return f"tensor {v.tolist()!r}"
@@ -61,7 +63,7 @@ def describe(v):
         r = "<unprintable>"
     if len(r) > _MAX_REPR:
         r = f"{r[:_MAX_REPR]}... ({len(r)} characters)"
-    if type(v) in (int, float, bool):
+    if type(v) in (int, float, bool) and not with_type:
         return r
     return f"{type(v).__name__} {r}"
 
@@ -197,7 +199,7 @@ def check_params(param_lists):
     for i, pl in enumerate(param_lists):
         for j, p in enumerate(pl):
             if not isinstance(p, torch.Tensor):
-                raise TypeError(f"params must be tensors, got {describe(p)} ({_where(i, j)})")
+                raise TypeError(f"params must be tensors, got {describe(p, True)} ({_where(i, j)})")
             if not p.is_floating_point():
                 hint = " (complex params are not supported: fastai's steppers square grads " \
                        "as g*g, not |g|^2)" if p.is_complex() else ""
@@ -257,8 +259,7 @@ class GradWatch:
         self.grads = self.present = self.ptrs = None
 
     def __call__(self, param_lists):
-        params = [p for pl in param_lists for p in pl]
-        grads = list(map(_get_grad, params))
+        grads = list(map(_get_grad, itertools.chain.from_iterable(param_lists)))
         old = self.grads
         if old is not None and len(old) == len(grads) and all(map(operator.is_, grads, old)) \
                 and list(map(torch.Tensor.data_ptr, self.present)) == self.ptrs:
