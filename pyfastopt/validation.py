@@ -145,7 +145,8 @@ def as_hyper_value(name, v, bounds=None, element=False):
 
 def as_int(name, v):
     "An int from an int or an integral float (R hands us 1 where Python wants 1L)."
-    if isinstance(v, bool) or (_is_numpy(v) and type(v).__name__ == "bool_"):
+    v = _plain_number(v)
+    if isinstance(v, bool):
         raise TypeError(f"{name} must be an integer, got {v!r}")
     if isinstance(v, numbers.Integral):
         return int(v)
