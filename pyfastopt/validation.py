@@ -18,6 +18,7 @@ What is accepted where (the optimizer calls these; see also `Optimizer._check_st
 - Hypers written directly (`opt.hypers[i]['lr'] = nan`, `opt.param_groups[i]['lr'] = -1`):
   `HyperWatch` checks them at the next step, again only the groups that changed.
 """
+import functools
 import itertools
 import math
 import numbers
@@ -240,36 +241,43 @@ def check_grads(param_lists, flat=False):
 
 
 _get_grad = operator.attrgetter("grad")
+_not_none = functools.partial(operator.is_not, None)
+_data_ptr = torch.Tensor.data_ptr
 
 
 class GradWatch:
     """The per-step grad check, kept cheap: `check_grads` runs in full only when some grad was
     replaced, added or removed, or a grad's storage moved (`p.grad.data = other`, which keeps the
-    grad's identity). Otherwise the cost is one `p.grad` read, one identity test and one
-    `data_ptr()` per param, all in C-level loops.
+    grad's identity). Otherwise the cost is one `p.grad` read, one `id()` and one `data_ptr()`
+    per param, all in C-level loops. Only ids and pointers are kept, never the grads themselves
+    (`zero_grad(set_to_none=True)` must free them).
 
     Not seen between two full checks: a grad reshaped in place on the same storage
     (`p.grad.unsqueeze_(0)`, `p.grad.data = p.grad.data.view(...)`) and `p.data` swaps of the
     param itself; `p.grad = x` is checked by torch itself."""
-    __slots__ = ("grads", "present", "ptrs")
+    __slots__ = ("ids", "ptrs")
 
     def __init__(self):
-        self.grads = self.present = self.ptrs = None
+        self.ids = self.ptrs = None
 
     def reset(self):
-        self.grads = self.present = self.ptrs = None
+        self.ids = self.ptrs = None
+
+    def __reduce__(self):                  # a copy or a pickle starts afresh
+        return (type(self), ())
 
     def __call__(self, param_lists):
         grads = list(map(_get_grad, itertools.chain.from_iterable(param_lists)))
-        old = self.grads
-        if old is not None and len(old) == len(grads) and all(map(operator.is_, grads, old)) \
-                and list(map(torch.Tensor.data_ptr, self.present)) == self.ptrs:
-            return
+        ids = list(map(id, grads))
+        if ids == self.ids:
+            try:
+                if list(map(_data_ptr, filter(_not_none, grads))) == self.ptrs:
+                    return
+            except RuntimeError:            # no storage (sparse): an id reused, check it all
+                pass
         self.reset()
         check_grads(param_lists)
-        present = [g for g in grads if g is not None]
-        self.grads, self.present = grads, present
-        self.ptrs = list(map(torch.Tensor.data_ptr, present))
+        self.ids, self.ptrs = ids, list(map(_data_ptr, filter(_not_none, grads)))
 
 
 class HyperWatch:
@@ -280,6 +288,9 @@ class HyperWatch:
 
     def __init__(self):
         self.seen = None
+
+    def __reduce__(self):                  # a copy or a pickle starts afresh
+        return (type(self), ())
 
     def reset(self):
         self.seen = None
