@@ -13,8 +13,8 @@ What is accepted where (the optimizer calls these; see also `Optimizer._check_st
 - Params (`check_params`): distinct floating point, non-complex tensors (fastai's steppers square
   grads as `g*g`, which is not |g|^2 for complex numbers).
 - Grads (`check_grads`): dense, with their param's shape, dtype and device. `GradWatch` repeats
-  the check each step cheaply: in full when a grad was replaced or its storage moved
-  (`p.grad.data = ...`), else not at all.
+  the check each step cheaply: in full when the grads' data pointers changed (a storage swapped
+  in through `p.grad.data = ...`, grads added or replaced), else not at all.
 - Hypers written directly (`opt.hypers[i]['lr'] = nan`, `opt.param_groups[i]['lr'] = -1`):
   `HyperWatch` checks them at the next step, again only the groups that changed.
 """
@@ -246,38 +246,40 @@ _data_ptr = torch.Tensor.data_ptr
 
 
 class GradWatch:
-    """The per-step grad check, kept cheap: `check_grads` runs in full only when some grad was
-    replaced, added or removed, or a grad's storage moved (`p.grad.data = other`, which keeps the
-    grad's identity). Otherwise the cost is one `p.grad` read, one `id()` and one `data_ptr()`
-    per param, all in C-level loops. Only ids and pointers are kept, never the grads themselves
-    (`zero_grad(set_to_none=True)` must free them).
+    """The per-step grad check, kept cheap: `check_grads` runs in full only when the grads' data
+    pointers changed: a grad's storage moved (`p.grad.data = other`, which keeps the grad's
+    identity), or grads were added, removed or replaced by new storage. Otherwise the cost is one
+    `p.grad` read and one `data_ptr()` per param, in C-level loops (no Python code per param).
+    Only pointers are kept, never the grads (`zero_grad(set_to_none=True)` must free them).
 
+    A new grad at an old grad's address needs no check: torch's `p.grad = x` refuses another
+    shape, dtype or device, and autograd makes grads like their params; a sparse grad has no
+    data pointer, which sends it to the full check.
     Not seen between two full checks: a grad reshaped in place on the same storage
     (`p.grad.unsqueeze_(0)`, `p.grad.data = p.grad.data.view(...)`) and `p.data` swaps of the
-    param itself; `p.grad = x` is checked by torch itself."""
-    __slots__ = ("ids", "ptrs")
+    param itself."""
+    __slots__ = ("ptrs",)
 
     def __init__(self):
-        self.ids = self.ptrs = None
+        self.ptrs = None
 
     def reset(self):
-        self.ids = self.ptrs = None
+        self.ptrs = None
 
     def __reduce__(self):                  # a copy or a pickle starts afresh
         return (type(self), ())
 
     def __call__(self, param_lists):
         grads = list(map(_get_grad, itertools.chain.from_iterable(param_lists)))
-        ids = list(map(id, grads))
-        if ids == self.ids:
+        if self.ptrs is not None:
             try:
                 if list(map(_data_ptr, filter(_not_none, grads))) == self.ptrs:
                     return
-            except RuntimeError:            # no storage (sparse): an id reused, check it all
+            except RuntimeError:            # a grad without storage (sparse): check it all
                 pass
         self.reset()
         check_grads(param_lists)
-        self.ids, self.ptrs = ids, list(map(_data_ptr, filter(_not_none, grads)))
+        self.ptrs = list(map(_data_ptr, filter(_not_none, grads)))
 
 
 class HyperWatch:
