@@ -273,13 +273,21 @@ class GradWatch:
         grads = list(map(_get_grad, itertools.chain.from_iterable(param_lists)))
         if self.ptrs is not None:
             try:
-                if list(map(_data_ptr, filter(_not_none, grads))) == self.ptrs:
+                if _grad_ptrs(grads) == self.ptrs:
                     return
             except RuntimeError:            # a grad without storage (sparse): check it all
                 pass
         self.reset()
         check_grads(param_lists)
-        self.ptrs = list(map(_data_ptr, filter(_not_none, grads)))
+        self.ptrs = _grad_ptrs(grads)
+
+
+def _grad_ptrs(grads):
+    "The data pointers of the grads that are not None."
+    try:
+        return list(map(_data_ptr, grads))
+    except TypeError:                       # some grads are None
+        return list(map(_data_ptr, filter(_not_none, grads)))
 
 
 class HyperWatch:

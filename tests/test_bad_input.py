@@ -549,3 +549,16 @@ def test_message_of_a_1mb_string_is_short():
     with pytest.raises(TypeError) as e:
         opt.set_hyper("lr", "y" * (1 << 20))
     assert len(str(e.value)) < 200 and re.match(r"^lr must be a number", str(e.value))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_grad_swap_seen_when_other_grads_are_none(path):
+    "The per-step check over params some of which have no grad (the pointer list skips them)."
+    with native_off() if path == "torch-kernels" else _nothing():
+        opt = stepped_adam("auto" if path == "torch-kernels" else path)
+        opt.param_lists[0][0].grad = None
+        opt.step()
+        opt.step()
+        opt.param_lists[1][0].grad.data = torch.zeros(2, 2)
+        refused(opt, lambda o: o.step(), ValueError,
+                r"^grad of param 0 of group 1, shape \(3,\) has shape \(2, 2\)")
