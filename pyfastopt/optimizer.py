@@ -224,7 +224,7 @@ class _BaseOptimizer(torch.optim.Optimizer):
         if isinstance(v, torch.Tensor) and v.ndim == 0:
             raise TypeError(f"{k} got a 0-d tensor ({describe(v)}): pass a Python number, "
                             "or a list with one value per parameter group")
-        if hasattr(v, "__array__") and getattr(v, "ndim", 1) == 0:
+        if hasattr(v, "__array__") and getattr(v, "ndim", 1) == 0 and hasattr(v, "item"):
             v = v.item()                # numpy scalars and 0-d arrays are numbers
         v = L(v, use_list=None)
         if len(v) == 1:
@@ -417,7 +417,7 @@ class Optimizer(_BaseOptimizer):
     def _check_step_inputs(self):
         """Before anything moves: hypers written directly since the last step (`hypers[i][k] = v`,
         `param_groups[i][k] = v`) and the grads against their params. Both checks are cached
-        (`validation.HyperWatch`, `GradWatch`): a few identity tests per group and per param."""
+        (`validation.HyperWatch`, `GradWatch`): identity tests per group, a data pointer per param."""
         watch = self.__dict__.get("_input_watch")
         if watch is None:
             watch = self.__dict__["_input_watch"] = (HyperWatch(), GradWatch())
