@@ -342,6 +342,36 @@ def tensor(x, *rest, **kwargs):
     becomes float32 (the R side hands us Python floats, which are float64 in numpy)."""
     if rest:
         x = (x,) + rest
+    if x is None or isinstance(x, (str, bytes, Mapping, set, frozenset)):
+        raise TypeError(f"tensor(): x must be a number, a list, an array or a tensor, got "
+                        f"{type(x).__name__} {_short_repr(x)}")
+    try:
+        res = _tensor(x, kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise type(e)(f"tensor(): x must hold numbers of one shape; could not make a tensor "
+                      f"of {type(x).__name__} {_short_repr(x)}: {e}") from e
+    if res.dtype == torch.float64 and "dtype" not in kwargs:
+        res = res.float()
+    return res
+
+
+def _named_tensor(name, x):
+    "`tensor(x)`, its error naming argument `name` of the caller."
+    try:
+        return tensor(x)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        msg = str(e)
+        head = "tensor(): x "
+        msg = f"{name} {msg[len(head):]}" if msg.startswith(head) else f"{name}: {msg}"
+        raise type(e)(msg) from e
+
+
+def _short_repr(x, n=60):
+    r = repr(x)
+    return r if len(r) <= n else f"{r[:n]}... ({len(r)} characters)"
+
+
+def _tensor(x, kwargs):
     if isinstance(x, torch.Tensor):
         res = x
     elif isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
@@ -353,16 +383,16 @@ def tensor(x, *rest, **kwargs):
         res = torch.from_numpy(np.ascontiguousarray(x)) if not kwargs else torch.tensor(x, **kwargs)
     else:
         res = torch.tensor(x, **kwargs)
-    if res.dtype == torch.float64 and "dtype" not in kwargs:
-        res = res.float()
     return res
 
 
 def tst_param(val, grad=None):
     """A float32 test parameter shaped like `val` (a number gives a 0-d tensor) whose `.grad` is
     `grad`, or `val / 10` when no grad is given. This is the helper of fastai's R optimizer page."""
-    res = tensor(val).float()
-    if grad is None:
-        grad = res / 10
-    res.grad = tensor(grad).float()
+    res = _named_tensor("val", val).float()
+    grad = res / 10 if grad is None else _named_tensor("grad", grad).float()
+    if grad.shape != res.shape:
+        raise ValueError(f"tst_param: grad must have val's shape {tuple(res.shape)}, got shape "
+                         f"{tuple(grad.shape)}")
+    res.grad = grad
     return res

@@ -14,6 +14,7 @@ Where things live:
 """
 import copy
 import functools
+import math
 import numbers
 import threading
 import warnings
@@ -29,7 +30,9 @@ from .backend import PER_PARAM, choose_impl
 from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
 from . import torch_names as tn
-from .validation import HYPER_BOUNDS, as_int, check_hyper
+from .validation import (HYPER_BOUNDS, GradWatch, HyperWatch, as_hyper_value, check_grads,
+                         check_hyper, check_hyper_name, check_params, describe, freeze_index,
+                         group_index)
 from .checkpoint import prepare_load
 
 __all__ = ["Optimizer", "ParamGroup", "HyperLengthError"]
@@ -186,7 +189,7 @@ class _BaseOptimizer(torch.optim.Optimizer):
     def all_params(self, n=slice(None), with_grad=False):
         "(param, group, state, hyper) for every param (of group `n`: an int or a slice)."
         groups = range(len(self.param_lists))
-        idx = list(groups[n]) if isinstance(n, slice) else [groups[as_int("n", n)]]
+        idx = list(groups[n]) if isinstance(n, slice) else [group_index(n, len(groups))]
         state = self.state
         res = L((p, self.param_lists[i], state[p], self.hypers[i])
                 for i in idx for p in self.param_lists[i])
@@ -197,8 +200,8 @@ class _BaseOptimizer(torch.optim.Optimizer):
 
     def freeze_to(self, n):
         "Freeze the groups before `n` (params with `force_train` in their state stay trainable)."
-        n = as_int("n", n)
         G = len(self.param_lists)
+        n = freeze_index(n, G)
         self.frozen_idx = n if n >= 0 else G + n
         if self.frozen_idx >= G:
             warnings.warn(f"Freezing {self.frozen_idx} groups; model has {G}; whole model is frozen.")
@@ -231,26 +234,34 @@ class _BaseOptimizer(torch.optim.Optimizer):
 
     def _spread(self, k, v):
         "fastai's rules for turning `v` into one value per param group, then checked."
+        check_hyper_name(k)
         n = len(self.param_lists)
+        bounds = self._hyper_bounds(k)
+        if v is None:
+            raise TypeError(f"{k} must be a number, got None" if bounds else
+                            f"{k} got None: pass a value, or a list with one value per parameter group")
+        if isinstance(v, (set, frozenset)) and len(v) > 1:
+            raise TypeError(f"{k} got a {describe(v)}: a set has no order, pass a list with one "
+                            "value per parameter group")
         if isinstance(v, slice):
-            if v.start:
-                v = even_mults(v.start, v.stop, n)
-            else:
-                v = [v.stop / 10] * (n - 1) + [v.stop]
-        if (isinstance(v, torch.Tensor) or hasattr(v, "__array__")) and getattr(v, "ndim", 1) == 0:
-            raise TypeError(f"{k} got a 0-d {type(v).__name__} ({v!r}): pass a Python number, "
+            v = _spread_slice(k, v, n, bounds)
+        if isinstance(v, torch.Tensor) and v.ndim == 0:
+            raise TypeError(f"{k} got a 0-d tensor ({describe(v)}): pass a Python number, "
                             "or a list with one value per parameter group")
+        if hasattr(v, "__array__") and getattr(v, "ndim", 1) == 0 and hasattr(v, "item"):
+            v = v.item()                # numpy scalars and 0-d arrays are numbers
         v = L(v, use_list=None)
         if len(v) == 1:
             v = v * n
         if len(v) != n:
             raise HyperLengthError(
                 f"Trying to set {len(v)} values for {k} but there are {n} parameter groups.")
-        values = list(v)
-        bounds = self._hyper_bounds(k)
-        for x in values:
-            check_hyper(k, x, bounds)
-        return values
+        return [as_hyper_value(k, x, bounds, element=True) for x in v]
+
+    def _group_value(self, k, v):
+        "One group's value of hyper `k` (a torch-style group's entry), checked, as stored."
+        check_hyper_name(k)
+        return as_hyper_value(k, v, self._hyper_bounds(k))
 
     def _set_hyper(self, k, values):
         for h, x in zip(self.hypers, values):
@@ -338,9 +349,7 @@ class Optimizer(_BaseOptimizer):
         self.impl = "auto"
         self.frozen_idx = 0
         values = {k: self._spread(k, v) for k, v in defaults.items()}
-        for o in overrides or []:
-            for k, v in o.items():
-                check_hyper(k, v, self._hyper_bounds(k))
+        overrides = [{k: self._group_value(k, v) for k, v in o.items()} for o in overrides or []]
         _init_torch_base(self, tn.TorchDefaults(defaults, self._torch_views()))
         for k, v in values.items():
             self._set_hyper(k, v)
@@ -439,8 +448,7 @@ class Optimizer(_BaseOptimizer):
                              self.defaults, "param_group", self._chain_reads())
         hyper = {k: given.get(k, v) for k, v in self.defaults.items()}
         hyper.update(given)
-        for k, v in hyper.items():
-            check_hyper(k, v, self._hyper_bounds(k))
+        hyper = {k: self._group_value(k, v) for k, v in hyper.items()}
         self._engine.invalidate()
         nl = self._names_list()
         self.param_lists.append(params)
@@ -450,7 +458,7 @@ class Optimizer(_BaseOptimizer):
     def _set_group_params(self, i, params):
         ps, names = tn.split_named(_as_param_list(params), f"param_groups[{i}]['params']")
         params = L(ps)
-        _check_params(L([*(pl for j, pl in enumerate(self.param_lists) if j != i), params]))
+        _check_params([params if j == i else pl for j, pl in enumerate(self.param_lists)])
         self._engine.invalidate()
         self.param_lists[i] = params
         nl = self._names_list()
@@ -511,8 +519,19 @@ class Optimizer(_BaseOptimizer):
             raise ValueError(f"impl='multi_tensor' needs steppers marked @multi_tensor; not: {bad}") \
                 from None
 
+    def _check_step_inputs(self):
+        """Before anything moves: hypers written directly since the last step (`hypers[i][k] = v`,
+        `param_groups[i][k] = v`) and the grads against their params. Both checks are cached
+        (`validation.HyperWatch`, `GradWatch`): identity tests per group, a data pointer per param."""
+        watch = self.__dict__.get("_input_watch")
+        if watch is None:
+            watch = self.__dict__["_input_watch"] = (HyperWatch(), GradWatch())
+        watch[0](self.hypers, self._hyper_bounds)
+        watch[1](self.param_lists)
+
     @torch.no_grad()
     def _step(self):
+        self._check_step_inputs()
         if self._uses_multi_tensor():
             self._engine.step()
         else:
@@ -679,23 +698,23 @@ def _as_param_list(params):
 
 
 def _check_params(param_lists):
-    seen = set()
-    for pl in param_lists:
-        for p in pl:
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"params must be tensors, got {type(p).__name__} {p!r}")
-            if id(p) in seen:
-                raise ValueError("params holds the same tensor more than once "
-                                 f"(shape {tuple(p.shape)}): each param may appear only once")
-            seen.add(id(p))
+    check_params(param_lists)
 
 
 def _check_grads(params):
-    for p in params:
-        g = getattr(p, "grad", None)
-        if g is not None and g.is_sparse:
-            raise ValueError(f"sparse gradients are not supported (param of shape {tuple(p.shape)} "
-                             "has a sparse grad); use a dense gradient")
+    "The grads of `params` (numbered through all groups) against their params: see `check_grads`."
+    check_grads([list(params)], flat=True)
+
+
+def _spread_slice(k, v, n, bounds):
+    "fastai's discriminative values from `slice(start, stop)`: log-spaced, or stop/10 then stop."
+    for part, x in (("stop", v.stop), ("start", v.start)):
+        if x is None and part == "start":
+            continue
+        check_hyper(f"{k} (slice {part})", x, bounds or (0.0, math.inf, False))
+    if v.start:
+        return even_mults(float(v.start), float(v.stop), n)
+    return [v.stop / 10] * (n - 1) + [v.stop]
 
 
 def _plain(d):

@@ -29,7 +29,6 @@ as torch >= 2.6 accepts them; the names go to `state_dict()`'s groups as `param_
 import inspect
 from functools import partial
 
-import torch
 
 __all__ = ["TORCH_NAMES", "NO_EQUIVALENT", "translate", "accepts_torch_names", "chain_reads",
            "views", "view_get", "view_set", "TorchDefaults", "split_named"]

@@ -8,7 +8,7 @@ from .foundation import L, is_listy, range_of
 from .torch_hooks import step_inner
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks, _step_lock)
-from .validation import as_int, check_hyper
+from .validation import as_hyper_value, as_int
 from .checkpoint import StateDictError, checked_count, checked_slow_weights, prepare_load
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
@@ -37,14 +37,29 @@ class Lookahead(Optimizer):
     def __init__(self, opt, k=6, alpha=0.5):
         if not isinstance(opt, _BaseOptimizer):
             raise TypeError(f"opt must be a pyfastopt optimizer, got {type(opt).__name__}")
-        k = as_int("k", k)
-        if k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k}")
-        check_hyper("alpha", alpha, (0.0, 1.0, True))
+        k, alpha = _lookahead_k(k), _lookahead_alpha(alpha)
         self.__dict__["opt"] = opt
-        self.k, self.alpha = k, alpha
+        self.__dict__["_k"], self.__dict__["_alpha"] = k, alpha
         self.count, self.slow_weights = 0, None
         _init_torch_base(self, opt.defaults)
+
+    @property
+    def k(self):
+        "Sync the slow weights every `k` steps: an integer >= 1 (checked when set)."
+        return self._k
+
+    @k.setter
+    def k(self, value):
+        self.__dict__["_k"] = _lookahead_k(value)
+
+    @property
+    def alpha(self):
+        "How far the slow weights move towards the fast ones: a number in [0, 1] (checked when set)."
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value):
+        self.__dict__["_alpha"] = _lookahead_alpha(value)
 
     def __getattr__(self, name):
         if name.startswith("__") or "opt" not in self.__dict__:
@@ -142,6 +157,18 @@ class Lookahead(Optimizer):
 
     def __repr__(self):
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"
+
+
+def _lookahead_k(k):
+    k = as_int("k", k)
+    if k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k}")
+    return k
+
+
+def _lookahead_alpha(alpha):
+    # spec §4.1: slow += alpha * (fast - slow); outside [0, 1] it overshoots or moves away
+    return as_hyper_value("alpha", alpha, (0.0, 1.0, True))
 
 
 pytorch_hp_map = {"momentum": "mom", "weight_decay": "wd", "alpha": "sqr_mom",

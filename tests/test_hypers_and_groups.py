@@ -279,15 +279,25 @@ def test_set_hyper_tuple_is_spread_never_stored():
     assert 'betas' not in opt.hypers[0]
 
 
-@pytest.mark.parametrize("v", [np.float64(0.1), np.float32(0.1), torch.tensor(0.1)],
-                         ids=["np.float64", "np.float32", "0-d tensor"])
+@pytest.mark.parametrize("v,expected", [(np.float64(0.1), 0.1), (np.float32(0.5), 0.5),
+                                        (np.int64(2), 2), (np.array(0.25), 0.25)],
+                         ids=["np.float64", "np.float32", "np.int64", "0-d ndarray"])
 @pytest.mark.parametrize("n", [1, 2])
-def test_set_hyper_numpy_scalar_and_0d_tensor_rejected(v, n):
+def test_set_hyper_numpy_scalar_stored_as_python_number(v, expected, n):
+    "numpy scalars are numbers (issue 9): stored as the Python number of the same value"
+    opt = opt_groups(n)
+    opt.set_hyper('lr', v)
+    assert [h['lr'] for h in opt.hypers] == [expected] * n
+    assert all(type(h['lr']) is type(expected) for h in opt.hypers)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_set_hyper_0d_tensor_rejected(n):
     opt = opt_groups(n)
     opt.set_hyper('lr', 0.5)
     before = snapshot(opt)
-    with pytest.raises((TypeError, ValueError)):
-        opt.set_hyper('lr', v)
+    with pytest.raises(TypeError, match="lr got a 0-d tensor"):
+        opt.set_hyper('lr', torch.tensor(0.1))
     assert snapshot(opt) == before
 
 
