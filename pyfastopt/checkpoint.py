@@ -25,6 +25,7 @@ from .steppers import (adam_step, average_grad, average_sqr_grad, l2_reg, lamb_s
                        larc_layer_lr, larc_step, lion_step, momentum_step, qhadam_step,
                        radam_step, rms_prop_step, sgd_step, step_stat, weight_decay)
 from .validation import HYPER_BOUNDS, check_hyper
+from .recipe import stepper_func
 
 __all__ = ["StateDictError", "UnsafeCheckpointError", "prepare_load", "to_torch_state_dict",
            "from_torch_state_dict", "load_fastai_checkpoint", "FastaiCheckpoint"]
@@ -66,12 +67,6 @@ Loaded.__doc__ = """What an optimizer holds after a load: `hypers` (one dict per
 (one dict per param, tensors already on the param's device), `extra` (non-param state)."""
 
 
-def _func(cb):
-    while isinstance(cb, partial):
-        cb = cb.func
-    return cb
-
-
 def _bound_keywords(cbs):
     "Keywords fixed by `partial` in the chain (`dampening`, `clip`): never loadable as state or hyper."
     out = set()
@@ -87,7 +82,7 @@ def _chain_state_keys(cbs):
     not pyfastopt's (then any other key may be theirs)."""
     keys = set()
     for cb in cbs:
-        f = _func(cb)
+        f = stepper_func(cb)
         if f in _STATE_OF:
             keys.add(_STATE_OF[f])
         elif f not in _STATELESS:

@@ -14,14 +14,13 @@ next step rebuilds the plan if anything was changed. Every other change goes thr
 `invalidate()`: bring the dicts up to date, drop the plan.
 """
 import operator
-from functools import partial
 
 import torch
 
 from . import half as _half, kernels, native
 from .backend import (CHAIN, FUSED, NATIVE, ChainFacts, Knobs, ParamFacts, choose_path)
 from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
-from .recipe import recipe_for
+from .recipe import recipe_for, stepper_func
 from .tensor_list import ParamBatch, TensorList
 
 __all__ = ["Engine", "Plan", "Bucket", "FLAT_MIN_PARAMS", "LIST_MAX_TOTAL", "FLAT_MAX_TOTAL"]
@@ -31,13 +30,6 @@ LIST_MAX_TOTAL = 1 << 20    # elements per bucket of a chain run without a kerne
 FLAT_MAX_TOTAL = 1 << 18    # elements per flat buffer: bounds scratch memory, keeps temporaries in cache
 
 _MISSING = object()
-
-
-def stepper_func(cb):
-    "The function under a stepper's partials."
-    while isinstance(cb, partial):
-        cb = cb.func
-    return cb
 
 
 class Plan:

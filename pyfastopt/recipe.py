@@ -21,7 +21,7 @@ from . import steppers as S
 
 __all__ = ["Step", "Opt", "Chain", "Recipe", "NativeSpec", "FusedSpec", "Match", "register",
            "recipe_for", "recipes", "plain_number", "chain_hypers", "chain_step", "kernel_inputs",
-           "DECAY_STEPPERS"]
+           "DECAY_STEPPERS", "stepper_func"]
 
 # Every built-in chain starts with one of these: true weight decay, or L2 regularization.
 DECAY_STEPPERS = {S.weight_decay: True, S.l2_reg: False}     # stepper -> decoupled
@@ -198,6 +198,13 @@ def register(recipe):
 def recipes():
     "The registered recipes, in registration order."
     return list(_RECIPES)
+
+
+def stepper_func(cb):
+    "The function under a stepper's partials."
+    while isinstance(cb, partial):
+        cb = cb.func
+    return cb
 
 
 def _unwrap(cb):

@@ -27,7 +27,8 @@ Named parameters: `Adam(model.named_parameters(), lr=...)` and groups of `(name,
 as torch >= 2.6 accepts them; the names go to `state_dict()`'s groups as `param_names`.
 """
 import inspect
-from functools import partial
+
+from .recipe import stepper_func
 
 
 __all__ = ["TORCH_NAMES", "NO_EQUIVALENT", "translate", "accepts_torch_names", "chain_reads",
@@ -54,17 +55,11 @@ NO_EQUIVALENT = {
 }
 
 
-def _func(cb):
-    while isinstance(cb, partial):
-        cb = cb.func
-    return cb
-
-
 def chain_reads(cbs):
     "The hyper names the steppers `cbs` take by name (their signatures, the param excluded)."
     names = set()
     for cb in cbs:
-        f = _func(cb)
+        f = stepper_func(cb)
         try:
             params = list(inspect.signature(f).parameters.values())
         except (TypeError, ValueError):
