@@ -437,6 +437,8 @@ class Optimizer(_BaseOptimizer):
     # ---- grads and state -----------------------------------------------------------------------
     def zero_grad(self, set_to_none=False):
         "Zero the grads in place (fastai's behaviour), or set them to None."
+        if set_to_none:
+            self._engine.release_grads()
         grads = defaultdict(list)
         for pl in self.param_lists:
             for p in pl:
