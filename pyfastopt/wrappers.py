@@ -7,6 +7,7 @@ from . import native
 from .foundation import L, is_listy, range_of
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks)
+from .tensor_list import TensorList
 from .validation import as_int, check_hyper
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
@@ -94,7 +95,7 @@ class Lookahead(Optimizer):
             # fast weights, which are overwritten next: no temporaries, same rounding
             torch._foreach_sub_(f, s)
             torch._foreach_add_(s, f, alpha=self.alpha)
-            torch._foreach_copy_(f, s)
+            TensorList(f).copy_(s)      # per tensor for DTensors (no _foreach_copy_ strategy)
 
     def clear_state(self):
         self.opt.clear_state()
