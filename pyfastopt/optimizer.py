@@ -403,6 +403,7 @@ class Optimizer(_BaseOptimizer):
             self._engine.invalidate()
             self._step_per_param()
 
+    @torch.compiler.disable     # under torch.compile: a graph break, the step runs eagerly
     def step(self, closure=None):
         "Run the steppers once. With a `closure`, it is evaluated first (grad enabled) and its loss returned."
         loss = None

@@ -68,6 +68,7 @@ class Lookahead(Optimizer):
         if self.slow_weights is not None:
             self.slow_weights.append(L(p.clone().detach() for p in self.opt.param_lists[-1]))
 
+    @torch.compiler.disable     # under torch.compile: a graph break, the step runs eagerly
     def step(self, closure=None):
         loss = None
         if closure is not None:
