@@ -201,12 +201,12 @@ class OptimWrapper(_BaseOptimizer):
         hp_map = pytorch_hp_map if hp_map is None else hp_map
         self.fwd_map = {k: hp_map.get(k, k) for k in detuplify_pg(opt.param_groups[0]).keys()}
         self.bwd_map = {v: k for k, v in self.fwd_map.items()}
-        self.state = defaultdict(dict)
         self.frozen_idx = 0
         _init_torch_base(self, opt.defaults)
 
     defaults = _forward("defaults", "The torch optimizer's defaults.")
     param_groups = _forward("param_groups", "The torch optimizer's param groups.")
+    state = _forward("state", "The torch optimizer's state (what its state_dict() holds).")
 
     def __getattr__(self, name):
         if name.startswith("_") or "opt" not in self.__dict__:
