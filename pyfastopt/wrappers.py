@@ -10,6 +10,8 @@ from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch
 from .tensor_list import TensorList
 from .validation import as_int, check_hyper
 
+LA_SLOW, LA_COUNT = "lookahead_slow", "lookahead_count"    # Lookahead's part of a param's entry
+
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
 
 
@@ -74,6 +76,7 @@ class Lookahead(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._adopt_loaded_state()
         if self.slow_weights is None:
             self._init_slow_weights()
         self.opt.step()
@@ -110,12 +113,43 @@ class Lookahead(Optimizer):
 
     @_state_dict_hooks
     def state_dict(self):
+        """The wrapped optimizer's state dict, plus `count` and `slow_weights`; the same also in
+        each param's entry of `state` (`lookahead_count`, `lookahead_slow`), since tools that
+        regroup a state dict by param (ZeroRedundancyOptimizer's consolidation) keep only those
+        entries and `param_groups`."""
         sd = self.opt.state_dict()
         sd["kind"] = self.kind()
         sd["count"] = self.count
         sd["slow_weights"] = None if self.slow_weights is None else \
             [list(sl) for sl in self.slow_weights]
+        if self.slow_weights is not None and isinstance(sd.get("state"), dict):
+            for i, t in enumerate(t for sl in self.slow_weights for t in sl):
+                sd["state"][i] = {**sd["state"].get(i, {}), LA_SLOW: t, LA_COUNT: self.count}
         return sd
+
+    def _adopt_loaded_state(self):
+        """ZeroRedundancyOptimizer's `load_state_dict` writes each param's consolidated entry
+        straight into `state`: take Lookahead's part (`state_dict`) back out of it. One lookup
+        per step when there is nothing to take."""
+        st = getattr(self.opt, "_state", None)
+        if st is None or not self.opt.param_lists or not len(self.opt.param_lists[0]):
+            return
+        first = st.get(self.opt.param_lists[0][0])
+        if not first or LA_SLOW not in first:
+            return
+        slow, count = [], None
+        for pl in self.opt.param_lists:
+            sl = L()
+            for p in pl:
+                d = st.get(p)
+                t = d.pop(LA_SLOW, None) if d else None
+                c = d.pop(LA_COUNT, None) if d else None
+                count = c if count is None else count
+                sl.append(p.detach().clone() if t is None else
+                          t.detach().to(device=p.device, dtype=p.dtype).clone())
+            slow.append(sl)
+        self.opt._invalidate_plan()         # its dicts were edited
+        self.slow_weights, self.count = L(slow), as_int("count", count or 0)
 
     @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
@@ -126,8 +160,9 @@ class Lookahead(Optimizer):
         if kind is not None and list(kind) != self.kind():
             raise ValueError(f"state_dict is from a different optimizer: its steppers are "
                              f"{list(kind)}, this optimizer's are {self.kind()}")
-        count = as_int("count", sd.pop("count", 0))
-        slow = sd.pop("slow_weights", None)
+        count, slow = sd.pop("count", None), sd.pop("slow_weights", None)
+        count, slow = self._split_per_param(sd, count, slow)
+        count = as_int("count", count or 0)
         if slow is not None:
             shapes = [[tuple(p.shape) for p in pl] for pl in self.opt.param_lists]
             theirs = [[tuple(t.shape) for t in sl] for sl in slow]
@@ -142,6 +177,33 @@ class Lookahead(Optimizer):
         self.slow_weights = None if slow is None else L(
             L(t.detach().to(device=p.device, dtype=p.dtype).clone() for t, p in zip(sl, pl))
             for sl, pl in zip(slow, self.opt.param_lists))
+
+    def _split_per_param(self, sd, count, slow):
+        """Take `lookahead_slow` / `lookahead_count` out of each param's entry of `sd['state']`
+        (a copy: the caller's dicts are left alone); they give the slow weights and the count
+        where the top-level entries are missing (a state dict regrouped by param)."""
+        st = sd.get("state")
+        if not isinstance(st, dict) or not any(
+                isinstance(v, dict) and LA_SLOW in v for v in st.values()):
+            return count, slow
+        per, new = {}, {}
+        for i, v in st.items():
+            if isinstance(v, dict) and (LA_SLOW in v or LA_COUNT in v):
+                v = dict(v)
+                per[i] = (v.pop(LA_SLOW, None), v.pop(LA_COUNT, None))
+            new[i] = v
+        sd["state"] = new
+        if count is None:
+            count = next((c for _, c in per.values() if c is not None), None)
+        if slow is None:
+            ps = [p for pl in self.opt.param_lists for p in pl]
+            if all(per.get(i, (None,))[0] is not None for i in range(len(ps))):
+                flat, out = [per[i][0] for i in range(len(ps))], []
+                for pl in self.opt.param_lists:
+                    out.append(flat[:len(pl)])
+                    flat = flat[len(pl):]
+                slow = out
+        return count, slow
 
     def __repr__(self):
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"
