@@ -7,13 +7,16 @@ is one reduction across the shards *per tensor*; `global_norms` computes the nor
 with one local `_foreach_norm` and one `all_reduce` per device mesh, and gives them as plain 0-d
 tensors (the same value on every rank), so the scalar math after it is plain tensor math.
 `replicating()` lets such per-tensor scalars meet the params in a `_foreach_*` op.
+
+`by_position` reads state dicts laid out as torch's distributed checkpointing (DCP) hands them
+over: state keyed through `param_groups[g]['params']` (parameter names) rather than 0..n-1.
 """
 import contextlib
 import sys
 
 import torch
 
-__all__ = ["dtensor_type", "is_dtensor", "global_norms", "replicating", "local_op"]
+__all__ = ["dtensor_type", "is_dtensor", "global_norms", "replicating", "local_op", "by_position"]
 
 
 def dtensor_type():
@@ -88,3 +91,32 @@ def local_op(f, ts, scalars, kw):
     if res is None:
         return ts
     return [DTensor(r, spec, requires_grad=False) for r, spec in zip(res, specs)]
+
+
+def by_position(sd):
+    """A state dict whose `state` is keyed by what its `param_groups[g]['params']` list — torch's
+    convention, which torch's tools rely on (DCP's `set_optimizer_state_dict` hands over state
+    keyed by parameter names) — re-keyed 0..n-1 in that order, as pyfastopt numbers its params.
+    A state dict keyed by positions already, or not of this form, is returned as it is."""
+    if not isinstance(sd, dict):
+        return sd
+    st, groups = sd.get("state"), sd.get("param_groups")
+    if not isinstance(st, dict) or not isinstance(groups, (list, tuple)) \
+            or all(type(k) is int for k in st):
+        return sd
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), (list, tuple))
+               for g in groups):
+        return sd
+    keys = [k for g in groups for k in g["params"]]
+    try:
+        pos = {k: i for i, k in enumerate(keys)}
+    except TypeError:
+        return sd
+    if len(pos) != len(keys) or not all(k in pos for k in st):
+        return sd
+    new_groups, start = [], 0
+    for g in groups:
+        n = len(g["params"])
+        new_groups.append({**g, "params": list(range(start, start + n))})
+        start += n
+    return {**sd, "state": {pos[k]: v for k, v in st.items()}, "param_groups": new_groups}

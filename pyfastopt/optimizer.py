@@ -22,6 +22,7 @@ from functools import partial
 import torch
 
 from .backend import PER_PARAM, choose_impl
+from .distributed import by_position
 from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
 from .validation import HYPER_BOUNDS, as_int, check_hyper
@@ -480,7 +481,7 @@ class Optimizer(_BaseOptimizer):
         `weights_only=True` reads it back."""
         self._engine.sync()
         ps = [p for pl in self.param_lists for p in pl]
-        state = {i: _plain(self._state[p]) for i, p in enumerate(ps)}
+        state = {i: _one_type(_plain(self._state[p]), p) for i, p in enumerate(ps)}
         hypers = [_plain(h) for h in self.hypers]
         groups, start = [], 0
         for pl, h in zip(self.param_lists, hypers):
@@ -491,6 +492,7 @@ class Optimizer(_BaseOptimizer):
     @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
         "Load a `state_dict()`; everything is checked before anything changes."
+        state_dict = by_position(state_dict)        # e.g. keyed by names, from DCP
         hypers, states = self._checked_state(state_dict)
         self._engine.forget()
         self.hypers = L([dict(h) for h in hypers])
@@ -596,6 +598,17 @@ def _check_grads(params):
 def _plain(d):
     "A plain dict copy (tensors shared), so torch.save/torch.load(weights_only=True) work."
     return {k: (list(v) if isinstance(v, L) else v) for k, v in d.items()}
+
+
+def _one_type(d, p):
+    """Larc's `local_lr` is fastai's `min(lr, local_lr)`: the float `lr` where clipped, else a
+    0-d tensor. A state dict holds it as a 0-d tensor always (of the param's dtype), so that its
+    layout does not depend on the values (DCP checks it against the loading optimizer's)."""
+    v = d.get("local_lr")
+    if isinstance(v, (float, int)) and not isinstance(v, bool):
+        d["local_lr"] = torch.tensor(v, dtype=p.dtype if p.is_floating_point() else None,
+                                     device=p.device)
+    return d
 
 
 def _to_param(v, p, key):

@@ -4,6 +4,7 @@ from collections import defaultdict
 import torch
 
 from . import native
+from .distributed import by_position
 from .foundation import L, is_listy, range_of
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks)
@@ -155,7 +156,7 @@ class Lookahead(Optimizer):
     def load_state_dict(self, state_dict):
         if not isinstance(state_dict, dict):
             raise ValueError("state_dict must be a dict (as returned by state_dict())")
-        sd = dict(state_dict)                      # never change the caller's dict
+        sd = dict(by_position(state_dict))         # never change the caller's dict
         kind = sd.pop("kind", None)
         if kind is not None and list(kind) != self.kind():
             raise ValueError(f"state_dict is from a different optimizer: its steppers are "
