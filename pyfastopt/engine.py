@@ -141,6 +141,7 @@ def param_facts(p):
 
 _get_grad = operator.attrgetter("grad")
 _get_dtype = operator.attrgetter("dtype")
+_NoneType = type(None)
 
 
 def grad_meta(grads):
@@ -150,8 +151,10 @@ def grad_meta(grads):
     without strides (a sparse grad)."""
     out = []
     for gs in grads:
-        there = list(compress(gs, map(operator.is_not, gs, repeat(None))))
-        out.append((list(map(type, gs)), list(map(_get_dtype, there)),
+        types = list(map(type, gs))
+        there = list(compress(gs, map(operator.is_not, gs, repeat(None)))) \
+            if _NoneType in types else gs
+        out.append((types, list(map(_get_dtype, there)),
                     list(map(torch.Tensor.is_contiguous, there))))
     return out
 
