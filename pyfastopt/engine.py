@@ -4,8 +4,11 @@ buckets of params, and the state cache that goes with it.
 A *plan* groups the params with a grad into buckets (same group, device, dtype, scalar state and
 `backend.choose_path` answer) and gives each its kernel: a native C call (`native.py`), a torch
 fused kernel (`kernels.py`), or none (the steppers run on `TensorList`s, `torch._foreach_*`). The
-plan is built once and reused while the params, their grads, the groups, the steppers and the
-knobs are unchanged (`matches`, an O(params) identity check).
+plan is built once and reused while the params, the groups, the steppers and the knobs are
+unchanged (`matches`, an O(params) identity check). New grad tensors alone
+(`zero_grad(set_to_none=True)`) do not rebuild it: when each param that had a grad has one of
+the same type, dtype and contiguity (torch's `.grad` setter already keeps shape and device), the
+buckets are re-pointed at them (`regrad`).
 
 The buckets hold the state while steps run (as TensorLists, or flat buffers); the params' state
 dicts (`opt._state`) are brought up to date from them only when someone may look (`sync`). A
@@ -14,6 +17,7 @@ next step rebuilds the plan if anything was changed. Every other change goes thr
 `invalidate()`: bring the dicts up to date, drop the plan.
 """
 import operator
+from itertools import compress, repeat
 
 import torch
 
@@ -34,11 +38,12 @@ _MISSING = object()
 
 class Plan:
     "The buckets of one step, and the params, grads, steppers and knobs they were built from."
-    __slots__ = ("params", "grads", "buckets", "cbs", "fused", "flatten", "threads", "native",
-                 "stepped", "written")
+    __slots__ = ("params", "grads", "gmeta", "buckets", "cbs", "fused", "flatten", "threads",
+                 "native", "stepped", "written")
 
     def __init__(self, cbs, fused, flatten, threads, native_on):
         self.params, self.grads, self.buckets, self.cbs = [], [], [], list(cbs)
+        self.gmeta = None           # what the buckets' choices read of the grads (`grad_meta`)
         self.fused, self.flatten, self.threads, self.native = fused, flatten, threads, native_on
         self.stepped = False        # the buckets hold state newer than the params' dicts
         self.written = None         # what `state` readers were shown: (param, dict, items)
@@ -50,11 +55,13 @@ class Bucket:
     `state` holds, per key, either a TensorList (one value per param) or one value for all.
     `kernel` is the chain kernel that steps it, if any; `kernel_state` its scratch (e.g. the
     step tensor the fused kernels read), never part of the params' state."""
-    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat", "half")
+    __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat", "half",
+                 "index")
 
     def __init__(self, group, params, states, flat=False, grads_back=False, views_only=True,
                  upcast=False):
         self.group, self.params = group, params
+        self.index = None           # the params' positions in the group, None if all of it
         self.kernel, self.kernel_state, self.flat, self.half = None, {}, None, None
         if upcast:                      # half params: the chain runs on float32 shadows (half.py)
             for st in states:
@@ -135,6 +142,26 @@ def param_facts(p):
     return ParamFacts(p.device.type, p.dtype, p.numel(), plain, grad_like, dense)
 
 
+_get_grad = operator.attrgetter("grad")
+_get_dtype = operator.attrgetter("dtype")
+_NoneType = type(None)
+
+
+def grad_meta(grads):
+    """What a plan's choices read of the grads besides what torch's `.grad` setter keeps equal to
+    the param's (shape, device): per group, the grads' types (None included), and the dtypes and
+    contiguity of those not None. C-level passes, no Python call per grad. Raises for a layout
+    without strides (a sparse grad)."""
+    out = []
+    for gs in grads:
+        types = list(map(type, gs))
+        there = list(compress(gs, map(operator.is_not, gs, repeat(None)))) \
+            if _NoneType in types else gs
+        out.append((types, list(map(_get_dtype, there)),
+                    list(map(torch.Tensor.is_contiguous, there))))
+    return out
+
+
 class Engine:
     "The plan and state cache of one `Optimizer` (see the module docstring)."
 
@@ -178,6 +205,18 @@ class Engine:
                 if d.get(k, _MISSING) is not v:
                     return False
         return True
+
+    def release_grads(self):
+        """The grads are being set to None (`zero_grad(set_to_none=True)`): let go of them now, as
+        torch's optimizers hold none, so that they are freed here rather than kept alive until
+        the next step re-points the buckets (`regrad`). Flat buckets are left alone."""
+        plan = self.plan
+        if plan is None or plan.grads is None \
+                or any(b.flat is not None or b.half is not None for b in plan.buckets):
+            return
+        plan.grads = None
+        for b in plan.buckets:
+            b.batch.grad = None
 
     # ---- a step --------------------------------------------------------------------------------
     def step(self):
@@ -223,13 +262,41 @@ class Engine:
         cbs = opt.cbs.items if hasattr(opt.cbs, "items") else list(opt.cbs)
         if len(cbs) != len(plan.cbs) or not all(map(operator.is_, cbs, plan.cbs)):
             return False
-        get_grad, is_ = operator.attrgetter("grad"), operator.is_
-        for pl, params, grads in zip(lists, plan.params, plan.grads):
+        is_ = operator.is_
+        new_grads, same = [], plan.grads is not None
+        for gi, (pl, params) in enumerate(zip(lists, plan.params)):
             items = pl.items
-            if len(items) != len(params) or not all(map(is_, items, params)) \
-                    or not all(map(is_, map(get_grad, items), grads)):
+            if len(items) != len(params) or not all(map(is_, items, params)):
                 return False
+            gs = list(map(_get_grad, items))
+            new_grads.append(gs)
+            same = same and all(map(is_, gs, plan.grads[gi]))
+        if not same and not self.regrad(new_grads):
+            return False
         return all(b.flat.still_valid() for b in plan.buckets if b.flat is not None)
+
+    def regrad(self, new_grads):
+        """The params are those of the plan, some of their grads are new tensors: re-point the
+        buckets at them if every choice the plan made still holds (the same params have grads,
+        of the same type, dtype and contiguity), else False (rebuild). No flat bucket: its grads were
+        views of one buffer, which new tensors are not."""
+        plan = self.plan
+        if any(b.flat is not None or b.half is not None for b in plan.buckets):
+            return False                # half buckets step float32 copies of the grads
+        try:
+            meta = grad_meta(new_grads)
+        except (RuntimeError, NotImplementedError):     # e.g. a sparse grad: the build reports it
+            return False
+        if meta != plan.gmeta:
+            return False
+        for b in plan.buckets:
+            gs = new_grads[b.group]
+            b.batch.grad = TensorList(gs if b.index is None else map(gs.__getitem__, b.index))
+            regrad = getattr(b.kernel, "regrad", None)
+            if regrad is not None and not regrad(b):
+                return False
+        plan.grads, plan.gmeta = new_grads, meta
+        return True
 
     def build(self, for_flatten=False):
         """Buckets of params of one group, device, dtype, scalar state and path
@@ -272,6 +339,7 @@ class Engine:
                 key = (p.device, p.dtype, _signature(states[p]), path.kernel, path.flat,
                        path.upcast)
                 buckets.setdefault(key, []).append(p)
+            pos = None
             for key, ps in buckets.items():
                 kind, small, upcast = key[-3], key[-2], key[-1]
                 kernel = kernel_of[kind]
@@ -285,7 +353,12 @@ class Engine:
                                upcast=upcast)
                     if kernel is not None and kernel.usable(b):
                         b.kernel = kernel
+                    if len(part) != len(items):
+                        if pos is None:
+                            pos = {id(p): i for i, p in enumerate(items)}
+                        b.index = [pos[id(p)] for p in part]
                     plan.buckets.append(b)
+        plan.gmeta = grad_meta(plan.grads)
         return plan
 
     @torch.no_grad()

@@ -153,13 +153,14 @@ class LocalLR:
 class _Arrays:
     "A bucket's pfo_bucket and the pointer arrays behind it, built once, rebuilt when a storage moves."
     __slots__ = ("n", "pptr", "gptr", "m_list", "v_list", "keep", "bucket", "addr", "out_lr",
-                 "clipped")
+                 "clipped", "grads")
 
     def __init__(self, params, grads, m_list, v_list, local_lr):
         n = self.n = len(params)
         arr = ctypes.c_void_p * n
         self.pptr = [p.data_ptr() for p in params]
         self.gptr = [g.data_ptr() for g in grads]
+        self.grads = None           # the grads `set_grads` just pointed at
         self.m_list, self.v_list = m_list, v_list
         P, G = arr(*self.pptr), arr(*self.gptr)
         M = arr(*[t.data_ptr() for t in m_list]) if m_list is not None else None
@@ -174,10 +175,19 @@ class _Arrays:
                              self.clipped and addr(self.clipped))
         self.addr = addr(self.bucket)
 
+    def set_grads(self, grads):
+        "Point the bucket at new grad tensors (checked by the caller)."
+        self.gptr = list(map(torch.Tensor.data_ptr, grads))
+        self.keep[1][:] = self.gptr
+        self.grads = grads
+
     def valid(self, params, grads, m_list, v_list):
+        if grads is self.grads:     # pointed at them just now: no need to read their pointers
+            self.grads = None
+        elif list(map(torch.Tensor.data_ptr, grads)) != self.gptr:
+            return False
         return m_list is self.m_list and v_list is self.v_list \
-            and list(map(torch.Tensor.data_ptr, params)) == self.pptr \
-            and list(map(torch.Tensor.data_ptr, grads)) == self.gptr
+            and list(map(torch.Tensor.data_ptr, params)) == self.pptr
 
 
 def fill_decay(d, decoupled, lr, wd, do_wd):
@@ -255,6 +265,18 @@ class NativeKernel:
         # (else: first call; the plan attached this kernel only after `usable(bucket)`)
         a = ks["native"] = _Arrays(ps, gs, m, v, self.spec.local_lr)
         return a
+
+    def regrad(self, bucket):
+        """New grad tensors for the bucket's params (`Engine.regrad` has checked that they have
+        the old ones' type, dtype and contiguity; torch's `.grad` setter, their shape and device):
+        check what is left of `_tensor_ok` (the neg bit) and re-point the arrays."""
+        gs = bucket.batch.grad
+        if any(map(torch.Tensor.is_neg, gs)):
+            return False
+        a = bucket.kernel_state.get("native")
+        if a is not None:
+            a.set_grads(gs)
+        return True
 
     def __call__(self, bucket, kw):
         inputs = kernel_inputs(kw, self.needs, self.spec.counts_steps)

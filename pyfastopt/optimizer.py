@@ -27,6 +27,7 @@ from torch.autograd.graph import increment_version
 
 from .half import HALF_DTYPES, step_one as half_step_one
 from .backend import PER_PARAM, choose_impl
+from .distributed import by_position
 from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
 from . import torch_names as tn
@@ -538,6 +539,7 @@ class Optimizer(_BaseOptimizer):
             self._engine.invalidate()
             self._step_per_param()
 
+    @torch.compiler.disable     # under torch.compile: a graph break, the step runs eagerly
     def step(self, closure=None):
         "Run the steppers once. With a `closure`, it is evaluated first (grad enabled) and its loss returned."
         with _step_lock(self):           # the closure too: its grads are this step's
@@ -580,6 +582,8 @@ class Optimizer(_BaseOptimizer):
     # ---- grads and state -----------------------------------------------------------------------
     def zero_grad(self, set_to_none=False):
         "Zero the grads in place (fastai's behaviour), or set them to None."
+        if set_to_none:
+            self._engine.release_grads()
         grads = defaultdict(list)
         for pl in self.param_lists:
             for p in pl:
@@ -621,7 +625,7 @@ class Optimizer(_BaseOptimizer):
         `torch.load` with `weights_only=True` reads it back."""
         self._engine.sync()
         ps = [p for pl in self.param_lists for p in pl]
-        state = {i: _plain(self._state[p]) for i, p in enumerate(ps)}
+        state = {i: _one_type(_plain(self._state[p]), p) for i, p in enumerate(ps)}
         for k, v in self._state.items():
             if isinstance(k, torch.Tensor):
                 continue            # params' state is above; a tensor no longer a param is stale
@@ -652,6 +656,7 @@ class Optimizer(_BaseOptimizer):
         state dict is refused: convert it with `pyfastopt.from_torch_state_dict`. As in torch,
         state tensors already on the param's device and dtype are used as they are, not copied:
         load a dict that another optimizer still uses into a copy (`copy.deepcopy`)."""
+        state_dict = by_position(state_dict)        # e.g. keyed by names, from DCP
         loaded = prepare_load(self, state_dict)
         self._engine.forget()
         self.hypers = L(loaded.hypers)
@@ -721,3 +726,13 @@ def _plain(d):
     "A plain dict copy (tensors shared), so torch.save/torch.load(weights_only=True) work."
     return {k: (list(v) if isinstance(v, L) else v) for k, v in d.items()}
 
+
+def _one_type(d, p):
+    """Larc's `local_lr` is fastai's `min(lr, local_lr)`: the float `lr` where clipped, else a
+    0-d tensor. A state dict holds it as a 0-d tensor always (of the param's dtype), so that its
+    layout does not depend on the values (DCP checks it against the loading optimizer's)."""
+    v = d.get("local_lr")
+    if isinstance(v, (float, int)) and not isinstance(v, bool):
+        d["local_lr"] = torch.tensor(v, dtype=p.dtype if p.is_floating_point() else None,
+                                     device=p.device)
+    return d

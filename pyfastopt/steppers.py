@@ -12,7 +12,7 @@ hyper is set, so e.g. Adam's `mom` must be < 1 because its debiasing divides by 
 """
 import math
 
-from .tensor_list import clip_lr, norm, rms, softplus, trust_ratio, zeros_like
+from .tensor_list import clip_lr, norms, rmss, softplus, trust_ratio, zeros_like
 
 __all__ = ["sgd_step", "weight_decay", "l2_reg", "average_grad", "average_sqr_grad",
            "momentum_step", "rms_prop_step", "step_stat", "debias", "adam_step", "radam_step",
@@ -170,7 +170,7 @@ qhadam_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
 @multi_tensor
 def larc_layer_lr(p, lr, trust_coeff, wd, eps, clip=True, **kwargs):
     "LARC's per-layer learning rate `lr * tc * |p| / (|g| + |p| * wd + eps)`, at most `lr` if `clip`."
-    p_norm, g_norm = norm(p.data), norm(p.grad.data)
+    p_norm, g_norm = norms(p.data, p.grad.data)
     local_lr = p_norm * (lr * trust_coeff) / (g_norm + p_norm * wd + eps)
     return {"local_lr": clip_lr(lr, local_lr) if clip else local_lr}
 
@@ -190,9 +190,8 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     "LAMB step: the Adam update scaled by the trust ratio `rms(p) / rms(update)` (at most 10)."
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
-    r1 = rms(p.data)
     update = (grad_avg / debias1).div_((sqr_avg / debias2).sqrt_().add_(eps))
-    r2 = rms(update)
+    r1, r2 = rmss(p.data, update)
     q = trust_ratio(r1, r2, 10)
     p.data.add_(update * q, alpha=-lr)
 

@@ -13,8 +13,10 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TensorList", "ParamBatch", "zeros_like", "norm", "rms", "softplus", "clip_lr",
-           "trust_ratio"]
+from .distributed import global_norms, is_dtensor, local_op, replicating
+
+__all__ = ["TensorList", "ParamBatch", "zeros_like", "norm", "norms", "rms", "rmss", "softplus",
+           "clip_lr", "trust_ratio"]
 
 
 def _per_tensor(other, like):
@@ -38,6 +40,19 @@ class TensorList(list):
         return self
 
     def _op(self, name, other=None, **kw):
+        if isinstance(other, list) and self and is_dtensor(self[0]):
+            other = _per_tensor(other, self)
+            if other and type(other[0]) is torch.Tensor and all(
+                    type(o) is torch.Tensor and o.ndim == 0 for o in other):
+                # per-tensor scalars (plain, equal on every rank): on the local shards
+                res = local_op(getattr(torch, f"_foreach_{name}"), self, other, kw)
+                if res is not None:
+                    return self if res is self else TensorList(res)
+            with replicating():
+                return self._op_1(name, other, **kw)
+        return self._op_1(name, other, **kw)
+
+    def _op_1(self, name, other=None, **kw):
         f = getattr(torch, f"_foreach_{name}")
         if other is None:
             res = f(self, **kw)
@@ -71,6 +86,12 @@ class TensorList(list):
         return self._op_3("addcdiv_", t1, t2, value)
 
     def _op_3(self, name, t1, t2, value):
+        if self and is_dtensor(self[0]):
+            with replicating():
+                return self._op_3_1(name, t1, t2, value)
+        return self._op_3_1(name, t1, t2, value)
+
+    def _op_3_1(self, name, t1, t2, value):
         f = getattr(torch, f"_foreach_{name}")
         if isinstance(value, list):
             f(self, t1, t2, _per_tensor(value, self) if not all(
@@ -93,7 +114,11 @@ class TensorList(list):
         return self
 
     def copy_(self, src):
-        torch._foreach_copy_(self, src)
+        if self and is_dtensor(self[0]):        # no sharding strategy for _foreach_copy_
+            for t, s in zip(self, src):
+                t.copy_(s)
+        else:
+            torch._foreach_copy_(self, src)
         return self
 
     def clamp_(self, min=None, max=None):
@@ -133,7 +158,9 @@ class TensorList(list):
         return TensorList(t.detach() for t in self)
 
     def norm(self):
-        return TensorList(torch._foreach_norm(self))
+        # DTensors: every norm over all shards, with one reduction for the list (distributed.py)
+        g = global_norms(self) if self and is_dtensor(self[0]) else None
+        return TensorList(torch._foreach_norm(self) if g is None else g)
 
     def numel(self):
         return [t.numel() for t in self]
@@ -193,13 +220,34 @@ def norm(x):
     return x.norm() if isinstance(x, TensorList) else torch.norm(x)
 
 
+def norms(*xs):
+    """`norm` of several tensors or TensorLists at once: for lists of DTensors, one reduction
+    across the shards for all of them (`distributed.global_norms`)."""
+    if len(xs) > 1 and all(type(x) is TensorList and x and is_dtensor(x[0]) for x in xs):
+        g = global_norms([t for x in xs for t in x])
+        if g is not None:
+            out, i = [], 0
+            for x in xs:
+                out.append(TensorList(g[i:i + len(x)]))
+                i += len(x)
+            return tuple(out)
+    return tuple(norm(x) for x in xs)
+
+
+def rmss(*xs):
+    "`rms` of several tensors or TensorLists at once (one reduction for lists of DTensors)."
+    if len(xs) > 1 and all(type(x) is TensorList and x and is_dtensor(x[0]) for x in xs):
+        return tuple(TensorList(torch._foreach_div(n, [math.sqrt(t.numel()) for t in x]))
+                     for n, x in zip(norms(*xs), xs))
+    return tuple(rms(x) for x in xs)
+
+
 def rms(x):
     "Root mean square of a tensor, or of each tensor of a TensorList."
     if hasattr(x, "_rms"):              # per param, on a flat bucket (flat.py)
         return x._rms()
     if isinstance(x, TensorList):
-        return TensorList(torch._foreach_div(torch._foreach_norm(x),
-                                             [math.sqrt(t.numel()) for t in x]))
+        return TensorList(torch._foreach_div(x.norm(), [math.sqrt(t.numel()) for t in x]))
     return x.pow(2).mean().sqrt()
 
 
@@ -231,6 +279,14 @@ def clip_lr(lr, local_lr):
     return _clip_one(lr, local_lr)
 
 
+def _one_plain_kind(ts):
+    "Plain 0-d tensors of one device and dtype (that `torch.stack` can take as they are)."
+    t0 = ts[0] if ts else None
+    return isinstance(t0, torch.Tensor) and all(
+        type(t) is torch.Tensor and t.ndim == 0 and t.dtype == t0.dtype and t.device == t0.device
+        for t in ts)
+
+
 def _trust_one(r1, r2, cap):
     q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=cap))
     return q
@@ -241,5 +297,8 @@ def trust_ratio(r1, r2, cap=10):
     if hasattr(r1, "_trust_ratio"):
         return r1._trust_ratio(r2, cap)
     if isinstance(r1, list):
+        if _one_plain_kind(r1) and _one_plain_kind(r2) and r1[0].device == r2[0].device:
+            # per-tensor scalars: one stacked computation, the same element-wise ops
+            return TensorList(_trust_one(torch.stack(r1), torch.stack(r2), cap).unbind(0))
         return TensorList(_trust_one(a, b, cap) for a, b in zip(r1, r2))
     return _trust_one(r1, r2, cap)

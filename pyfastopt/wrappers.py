@@ -4,12 +4,16 @@ from collections import defaultdict
 import torch
 
 from . import native
+from .distributed import by_position
 from .foundation import L, is_listy, range_of
 from .torch_hooks import step_inner
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks, _step_lock)
 from .validation import as_hyper_value, as_int
 from .checkpoint import StateDictError, checked_count, checked_slow_weights, prepare_load
+from .tensor_list import TensorList
+
+LA_SLOW, LA_COUNT = "lookahead_slow", "lookahead_count"    # Lookahead's part of a param's entry
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
 
@@ -84,12 +88,14 @@ class Lookahead(Optimizer):
         if self.slow_weights is not None:
             self.slow_weights.append(L(p.clone().detach() for p in self.opt.param_lists[-1]))
 
+    @torch.compiler.disable     # under torch.compile: a graph break, the step runs eagerly
     def step(self, closure=None):
         with _step_lock(self):           # count and slow weights move with the inner step
             loss = None
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
+            self._adopt_loaded_state()
             if self.slow_weights is None:
                 self._init_slow_weights()
             step_inner(self.opt)        # torch's global step hooks ran once, for this step
@@ -112,7 +118,7 @@ class Lookahead(Optimizer):
             # fast weights, which are overwritten next: no temporaries, same rounding
             torch._foreach_sub_(f, s)
             torch._foreach_add_(s, f, alpha=self.alpha)
-            torch._foreach_copy_(f, s)
+            TensorList(f).copy_(s)      # per tensor for DTensors (no _foreach_copy_ strategy)
 
     def clear_state(self):
         self.opt.clear_state()
@@ -126,12 +132,43 @@ class Lookahead(Optimizer):
 
     @_state_dict_hooks
     def state_dict(self):
+        """The wrapped optimizer's state dict, plus `count` and `slow_weights`; the same also in
+        each param's entry of `state` (`lookahead_count`, `lookahead_slow`), since tools that
+        regroup a state dict by param (ZeroRedundancyOptimizer's consolidation) keep only those
+        entries and `param_groups`."""
         sd = self.opt.state_dict()
         sd["kind"] = self.kind()
         sd["count"] = self.count
         sd["slow_weights"] = None if self.slow_weights is None else \
             [list(sl) for sl in self.slow_weights]
+        if self.slow_weights is not None and isinstance(sd.get("state"), dict):
+            for i, t in enumerate(t for sl in self.slow_weights for t in sl):
+                sd["state"][i] = {**sd["state"].get(i, {}), LA_SLOW: t, LA_COUNT: self.count}
         return sd
+
+    def _adopt_loaded_state(self):
+        """ZeroRedundancyOptimizer's `load_state_dict` writes each param's consolidated entry
+        straight into `state`: take Lookahead's part (`state_dict`) back out of it. One lookup
+        per step when there is nothing to take."""
+        st = getattr(self.opt, "_state", None)
+        if st is None or not self.opt.param_lists or not len(self.opt.param_lists[0]):
+            return
+        first = st.get(self.opt.param_lists[0][0])
+        if not first or LA_SLOW not in first:
+            return
+        slow, count = [], None
+        for pl in self.opt.param_lists:
+            sl = L()
+            for p in pl:
+                d = st.get(p)
+                t = d.pop(LA_SLOW, None) if d else None
+                c = d.pop(LA_COUNT, None) if d else None
+                count = c if count is None else count
+                sl.append(p.detach().clone() if t is None else
+                          t.detach().to(device=p.device, dtype=p.dtype).clone())
+            slow.append(sl)
+        self.opt._invalidate_plan()         # its dicts were edited
+        self.slow_weights, self.count = L(slow), as_int("count", count or 0)
 
     @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
@@ -141,19 +178,50 @@ class Lookahead(Optimizer):
         if not isinstance(state_dict, dict):
             raise StateDictError("state_dict must be a dict (as returned by state_dict()), got "
                                  f"{type(state_dict).__name__}")
-        sd = dict(state_dict)                      # never change the caller's dict
+        sd = dict(by_position(state_dict))         # never change the caller's dict
         kind = sd.pop("kind", None)
+        count, slow = sd.pop("count", None), sd.pop("slow_weights", None)
+        count, slow = self._split_per_param(sd, count, slow)
         if kind is not None:
             if not isinstance(kind, (list, tuple, L)) or list(kind) != self.kind():
                 raise StateDictError(f"state_dict is from a different optimizer: its steppers are "
                                      f"{kind!r}, this optimizer's are {self.kind()}")
             sd["kind"] = self.opt.kind()
-        count = checked_count(sd.pop("count", 0))
-        slow = checked_slow_weights(sd.pop("slow_weights", None), self.opt.param_lists)
+        count = checked_count(0 if count is None else count)
+        slow = checked_slow_weights(slow, self.opt.param_lists)
         prepare_load(self.opt, sd)
         self.opt.load_state_dict(sd)
         self.count = count
         self.slow_weights = None if slow is None else L(L(sl) for sl in slow)
+
+    def _split_per_param(self, sd, count, slow):
+        """Take `lookahead_slow` / `lookahead_count` out of each param's entry of `sd['state']`
+        (a copy: the caller's dicts are left alone); they give the slow weights and the count
+        where the top-level entries are missing (a state dict regrouped by param)."""
+        st = sd.get("state")
+        as_list = isinstance(st, (list, L))          # fastai's layout: one entry per param
+        items = list(enumerate(st)) if as_list else list(st.items()) if isinstance(st, dict) \
+            else []
+        if not any(isinstance(v, dict) and (LA_SLOW in v or LA_COUNT in v) for _, v in items):
+            return count, slow
+        per, new = {}, {}
+        for i, v in items:
+            if isinstance(v, dict) and (LA_SLOW in v or LA_COUNT in v):
+                v = dict(v)
+                per[i] = (v.pop(LA_SLOW, None), v.pop(LA_COUNT, None))
+            new[i] = v
+        sd["state"] = [new[i] for i, _ in items] if as_list else new
+        if count is None:
+            count = next((c for _, c in per.values() if c is not None), None)
+        if slow is None:
+            ps = [p for pl in self.opt.param_lists for p in pl]
+            if all(per.get(i, (None,))[0] is not None for i in range(len(ps))):
+                flat, out = [per[i][0] for i in range(len(ps))], []
+                for pl in self.opt.param_lists:
+                    out.append(flat[:len(pl)])
+                    flat = flat[len(pl):]
+                slow = out
+        return count, slow
 
     def __repr__(self):
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"
@@ -225,12 +293,12 @@ class OptimWrapper(_BaseOptimizer):
         hp_map = pytorch_hp_map if hp_map is None else hp_map
         self.fwd_map = {k: hp_map.get(k, k) for k in detuplify_pg(opt.param_groups[0]).keys()}
         self.bwd_map = {v: k for k, v in self.fwd_map.items()}
-        self.state = defaultdict(dict)
         self.frozen_idx = 0
         _init_torch_base(self, opt.defaults)
 
     defaults = _forward("defaults", "The torch optimizer's defaults.")
     param_groups = _forward("param_groups", "The torch optimizer's param groups.")
+    state = _forward("state", "The torch optimizer's state (what its state_dict() holds).")
 
     def __getattr__(self, name):
         if name.startswith("_") or "opt" not in self.__dict__:

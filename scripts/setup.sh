@@ -25,12 +25,16 @@ VPY=.venv/bin/python
 # torch first, pinned, so the range in pyproject.toml installs nothing more (a bare range would
 # download a multi-GB CUDA build).
 if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
-  "$VPY" -m pip install -q torch==2.13.0
+  "$VPY" -m pip install -q -c constraints.txt torch==2.13.0
 fi
+# the extras: test tools, the training frameworks of tests/test_frameworks.py (WITH_FRAMEWORKS=0
+# leaves them out; ~90 s, ~0.25 GB), and rpy2 with R; constraints.txt keeps torch at 2.13.0
 extras=test
-[ "${WITH_R:-1}" = 1 ] && extras=test,r
+[ "${WITH_FRAMEWORKS:-1}" = 1 ] && extras=$extras,frameworks
+[ "${WITH_R:-1}" = 1 ] && extras=$extras,r
 check='import pyfastopt, pytest, numpy; pyfastopt.Optimizer'
+[ "${WITH_FRAMEWORKS:-1}" = 1 ] && check="$check; import lightning, accelerate, transformers"
 [ "${WITH_R:-1}" = 1 ] && check="$check; import rpy2"
 if ! "$VPY" -c "$check" >/dev/null 2>&1; then
-  "$VPY" -m pip install -q -e ".[$extras]"
+  "$VPY" -m pip install -q -c constraints.txt -e ".[$extras]"
 fi
