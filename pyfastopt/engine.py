@@ -17,6 +17,7 @@ next step rebuilds the plan if anything was changed. Every other change goes thr
 `invalidate()`: bring the dicts up to date, drop the plan.
 """
 import operator
+import itertools
 from itertools import compress, repeat
 
 import torch
@@ -26,6 +27,7 @@ from .backend import (CHAIN, FUSED, NATIVE, ChainFacts, Knobs, ParamFacts, choos
 from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
 from .recipe import recipe_for, stepper_func
 from .tensor_list import ParamBatch, TensorList
+from .validation import check_grads
 
 __all__ = ["Engine", "Plan", "Bucket", "FLAT_MIN_PARAMS", "LIST_MAX_TOTAL", "FLAT_MAX_TOTAL"]
 
@@ -38,12 +40,13 @@ _MISSING = object()
 
 class Plan:
     "The buckets of one step, and the params, grads, steppers and knobs they were built from."
-    __slots__ = ("params", "grads", "gmeta", "buckets", "cbs", "fused", "flatten", "threads",
-                 "native", "stepped", "written")
+    __slots__ = ("params", "grads", "gmeta", "gptrs", "buckets", "cbs", "fused", "flatten",
+                 "threads", "native", "stepped", "written")
 
     def __init__(self, cbs, fused, flatten, threads, native_on):
         self.params, self.grads, self.buckets, self.cbs = [], [], [], list(cbs)
         self.gmeta = None           # what the buckets' choices read of the grads (`grad_meta`)
+        self.gptrs = None           # the grads' data pointers at the last full check
         self.fused, self.flatten, self.threads, self.native = fused, flatten, threads, native_on
         self.stepped = False        # the buckets hold state newer than the params' dicts
         self.written = None         # what `state` readers were shown: (param, dict, items)
@@ -143,6 +146,19 @@ def param_facts(p):
 
 
 _get_grad = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+
+
+def _not_none(x):
+    return x is not None
+
+
+def grad_ptrs(grads):
+    "The data pointers of the grads (per group lists, None skipped), or None for a sparse one."
+    try:
+        return list(map(_data_ptr, filter(_not_none, itertools.chain.from_iterable(grads))))
+    except (RuntimeError, NotImplementedError):
+        return None
 _get_dtype = operator.attrgetter("dtype")
 _NoneType = type(None)
 
@@ -165,8 +181,8 @@ def grad_meta(grads):
 class Engine:
     "The plan and state cache of one `Optimizer` (see the module docstring)."
 
-    def __init__(self, opt, check_grads):
-        self.opt, self.check_grads = opt, check_grads     # check_grads(params) raises on bad grads
+    def __init__(self, opt):
+        self.opt = opt
         self.plan = None
 
     # ---- the state cache -----------------------------------------------------------------------
@@ -230,6 +246,8 @@ class Engine:
         if plan is None or not self.matches():
             self.invalidate()
             plan = self.plan = self.build()
+        else:
+            self._check_grad_storage(plan)
         plan.stepped = True
         cbs, hypers = opt.cbs, opt.hypers
         for b in plan.buckets:
@@ -248,6 +266,16 @@ class Engine:
                 flat.scatter()
             elif b.half is not None:
                 b.half.scatter()
+
+    def _check_grad_storage(self, plan):
+        """The grads the plan steps are the same tensors as at its build (or were re-pointed), but
+        one may have got another storage (`p.grad.data = ...`, of any shape): one data-pointer
+        pass, and the full check (`check_grads`, which raises) when a pointer moved, before
+        anything moves. A sparse grad has no data pointer: the full check reports it."""
+        ptrs = grad_ptrs(plan.grads)
+        if ptrs is None or ptrs != plan.gptrs:
+            check_grads(self.opt.param_lists)
+            plan.gptrs = ptrs
 
     def matches(self):
         """Do the params, their grads, the groups, the steppers and the knobs still match what the
@@ -305,7 +333,7 @@ class Engine:
         scratch copies; `for_flatten` builds them with scratch, for `flatten_params()` to gather
         into (and without native kernels, which never take flat buckets)."""
         opt = self.opt
-        self.check_grads(p for pl in opt.param_lists for p in pl)
+        check_grads(opt.param_lists)
         cbs = list(opt.cbs)
         match = recipe_for(cbs)
         native_on = native.enabled()
@@ -359,6 +387,7 @@ class Engine:
                         b.index = [pos[id(p)] for p in part]
                     plan.buckets.append(b)
         plan.gmeta = grad_meta(plan.grads)
+        plan.gptrs = grad_ptrs(plan.grads)         # checked at the top of this build
         return plan
 
     @torch.no_grad()

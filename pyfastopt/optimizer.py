@@ -31,7 +31,7 @@ from .distributed import by_position
 from .engine import Engine, stepper_func as _stepper_func
 from .foundation import L, even_mults, merge
 from . import torch_names as tn
-from .validation import (HYPER_BOUNDS, GradWatch, HyperWatch, as_hyper_value, check_grads,
+from .validation import (HYPER_BOUNDS, HyperWatch, as_hyper_value, check_grads,
                          check_hyper, check_hyper_name, check_params, describe, freeze_index,
                          group_index)
 from .checkpoint import prepare_load
@@ -344,7 +344,7 @@ class Optimizer(_BaseOptimizer):
         self.hypers = L({} for _ in param_lists)
         self._group_views = []
         self._state = defaultdict(dict)
-        self._engine = Engine(self, _check_grads)
+        self._engine = Engine(self)
         self._fused = True
         self._flatten = True
         self.impl = "auto"
@@ -522,13 +522,14 @@ class Optimizer(_BaseOptimizer):
 
     def _check_step_inputs(self):
         """Before anything moves: hypers written directly since the last step (`hypers[i][k] = v`,
-        `param_groups[i][k] = v`) and the grads against their params. Both checks are cached
-        (`validation.HyperWatch`, `GradWatch`): identity tests per group, a data pointer per param."""
+        `param_groups[i][k] = v`), cached by `validation.HyperWatch` (identity tests per group).
+        The grads are checked against their params by the path that steps them: every step on the
+        per-param path, and on the bucket path whenever a grad is new or its storage moved
+        (`engine.Engine._check_grad_storage`, one data-pointer pass)."""
         watch = self.__dict__.get("_input_watch")
         if watch is None:
-            watch = self.__dict__["_input_watch"] = (HyperWatch(), GradWatch())
+            watch = self.__dict__["_input_watch"] = (HyperWatch(),)
         watch[0](self.hypers, self._hyper_bounds)
-        watch[1](self.param_lists)
 
     @torch.no_grad()
     def _step(self):
@@ -552,7 +553,7 @@ class Optimizer(_BaseOptimizer):
 
     def _step_per_param(self):
         "fastai's loop: every stepper for every param with a grad, with `{**state, **hyper}`."
-        _check_grads(p for pl in self.param_lists for p in pl)
+        check_grads(self.param_lists)
         for pl, hyper in zip(self.param_lists, self.hypers):
             stepped = []
             for p in pl:
@@ -681,7 +682,7 @@ class Optimizer(_BaseOptimizer):
     def __setstate__(self, state):
         state.pop("_plan", None)            # pickled before the engine had its own module
         self.__dict__.update(state)
-        self._engine = Engine(self, _check_grads)
+        self._engine = Engine(self)
 
 
 def _check_names(names, params, where):
@@ -704,11 +705,6 @@ def _as_param_list(params):
 
 def _check_params(param_lists):
     check_params(param_lists)
-
-
-def _check_grads(params):
-    "The grads of `params` (numbered through all groups) against their params: see `check_grads`."
-    check_grads([list(params)], flat=True)
 
 
 def _spread_slice(k, v, n, bounds):

@@ -12,14 +12,12 @@ What is accepted where (the optimizer calls these; see also `Optimizer._check_st
   Python bool or float).
 - Params (`check_params`): distinct floating point, non-complex tensors (fastai's steppers square
   grads as `g*g`, which is not |g|^2 for complex numbers).
-- Grads (`check_grads`): dense, with their param's shape, dtype and device. `GradWatch` repeats
-  the check each step cheaply: in full when the grads' data pointers changed (a storage swapped
-  in through `p.grad.data = ...`, grads added or replaced), else not at all.
+- Grads (`check_grads`): dense, with their param's shape, dtype and device. The step repeats
+  the check cheaply: the per-param path every step, the bucket engine when a grad's data pointer
+  changed (a storage swapped in through `p.grad.data = ...`, grads added or replaced).
 - Hypers written directly (`opt.hypers[i]['lr'] = nan`, `opt.param_groups[i]['lr'] = -1`):
   `HyperWatch` checks them at the next step, again only the groups that changed.
 """
-import functools
-import itertools
 import math
 import numbers
 import operator
@@ -27,7 +25,7 @@ import operator
 import torch
 
 __all__ = ["check_hyper", "as_int", "HYPER_BOUNDS", "describe", "check_hyper_name",
-           "as_hyper_value", "check_params", "check_grads", "GradWatch", "HyperWatch",
+           "as_hyper_value", "check_params", "check_grads", "HyperWatch",
            "group_index", "freeze_index", "as_flag"]
 
 _INF = math.inf
@@ -238,56 +236,6 @@ def check_grads(param_lists, flat=False):
             if g.device != p.device:
                 raise ValueError(f"grad of {where} is on {g.device}, the param on {p.device}: "
                                  "a grad must be on its param's device")
-
-
-_get_grad = operator.attrgetter("grad")
-_not_none = functools.partial(operator.is_not, None)
-_data_ptr = torch.Tensor.data_ptr
-
-
-class GradWatch:
-    """The per-step grad check, kept cheap: `check_grads` runs in full only when the grads' data
-    pointers changed: a grad's storage moved (`p.grad.data = other`, which keeps the grad's
-    identity), or grads were added, removed or replaced by new storage. Otherwise the cost is one
-    `p.grad` read and one `data_ptr()` per param, in C-level loops (no Python code per param).
-    Only pointers are kept, never the grads (`zero_grad(set_to_none=True)` must free them).
-
-    A new grad at an old grad's address needs no check: torch's `p.grad = x` refuses another
-    shape, dtype or device, and autograd makes grads like their params; a sparse grad has no
-    data pointer, which sends it to the full check.
-    Not seen between two full checks: a grad reshaped in place on the same storage
-    (`p.grad.unsqueeze_(0)`, `p.grad.data = p.grad.data.view(...)`) and `p.data` swaps of the
-    param itself."""
-    __slots__ = ("ptrs",)
-
-    def __init__(self):
-        self.ptrs = None
-
-    def reset(self):
-        self.ptrs = None
-
-    def __reduce__(self):                  # a copy or a pickle starts afresh
-        return (type(self), ())
-
-    def __call__(self, param_lists):
-        grads = list(map(_get_grad, itertools.chain.from_iterable(param_lists)))
-        if self.ptrs is not None:
-            try:
-                if _grad_ptrs(grads) == self.ptrs:
-                    return
-            except RuntimeError:            # a grad without storage (sparse): check it all
-                pass
-        self.reset()
-        check_grads(param_lists)
-        self.ptrs = _grad_ptrs(grads)
-
-
-def _grad_ptrs(grads):
-    "The data pointers of the grads that are not None."
-    try:
-        return list(map(_data_ptr, grads))
-    except TypeError:                       # some grads are None
-        return list(map(_data_ptr, filter(_not_none, grads)))
 
 
 class HyperWatch:
