@@ -21,9 +21,6 @@ import torch
 
 from .foundation import L
 from .half import HALF_DTYPES
-from .steppers import (adam_step, average_grad, average_sqr_grad, l2_reg, lamb_step,
-                       larc_layer_lr, larc_step, lion_step, momentum_step, qhadam_step,
-                       radam_step, rms_prop_step, sgd_step, step_stat, weight_decay)
 from .validation import HYPER_BOUNDS, check_hyper
 from .recipe import stepper_func
 
@@ -39,12 +36,8 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     "A checkpoint file that references something other than tensors, plain containers and `L`."
 
 
-# The state each built-in stepper keeps, and the built-in steppers that keep none.
-_STATE_OF = {average_grad: "grad_avg", average_sqr_grad: "sqr_avg", step_stat: "step",
-             larc_layer_lr: "local_lr", lion_step: "grad_avg"}
-_STATELESS = {sgd_step, weight_decay, l2_reg, momentum_step, rms_prop_step, adam_step, radam_step,
-              qhadam_step, larc_step, lamb_step}
-_BUILTIN_STATE = frozenset(_STATE_OF.values())
+# The state keys of the built-in steppers (each declares its own: `steppers.py`).
+_BUILTIN_STATE = frozenset({"grad_avg", "sqr_avg", "step", "local_lr"})
 FLAG_KEYS = ("do_wd", "force_train")          # per-param flags fastai keeps across clear_state
 _MOMENT_KEYS = ("grad_avg", "sqr_avg")
 # Keys torch's LR/momentum schedulers add to param groups: allowed beside an optimizer's hypers.
@@ -82,11 +75,10 @@ def _chain_state_keys(cbs):
     not pyfastopt's (then any other key may be theirs)."""
     keys = set()
     for cb in cbs:
-        f = stepper_func(cb)
-        if f in _STATE_OF:
-            keys.add(_STATE_OF[f])
-        elif f not in _STATELESS:
+        own = getattr(stepper_func(cb), "state_keys", None)
+        if own is None:
             return None
+        keys.update(own)
     return keys
 
 

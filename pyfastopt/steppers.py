@@ -7,7 +7,8 @@ state tensors are `TensorList`s and every tensor method below is one `torch._for
 Steppers marked with `@multi_tensor` promise exactly that; the optimizer runs a chain on whole
 buckets only when all its steppers carry the mark.
 
-A stepper may declare `hyper_bounds`: {hyper name: (low, high, high_inclusive)} checked when the
+Each built-in stepper declares `state_keys`, the per-param state it keeps (what
+`load_state_dict` accepts for a chain of them). A stepper may declare `hyper_bounds`: {hyper name: (low, high, high_inclusive)} checked when the
 hyper is set, so e.g. Adam's `mom` must be < 1 because its debiasing divides by `1 - mom`.
 """
 import math
@@ -34,6 +35,9 @@ def sgd_step(p, lr, **kwargs):
     p.data.add_(p.grad.data, alpha=-lr)
 
 
+sgd_step.state_keys = ()
+
+
 @multi_tensor
 def weight_decay(p, lr, wd, do_wd=True, **kwargs):
     "True (decoupled) weight decay: `p *= 1 - lr * wd`."
@@ -42,6 +46,7 @@ def weight_decay(p, lr, wd, do_wd=True, **kwargs):
 
 
 weight_decay.defaults = dict(wd=0.)
+weight_decay.state_keys = ()
 
 
 @multi_tensor
@@ -52,6 +57,7 @@ def l2_reg(p, lr, wd, do_wd=True, **kwargs):
 
 
 l2_reg.defaults = dict(wd=0.)
+l2_reg.state_keys = ()
 
 
 @multi_tensor
@@ -65,6 +71,7 @@ def average_grad(p, mom, dampening=False, grad_avg=None, **kwargs):
 
 
 average_grad.defaults = dict(mom=0.9)
+average_grad.state_keys = ("grad_avg",)
 
 
 @multi_tensor
@@ -78,12 +85,16 @@ def average_sqr_grad(p, sqr_mom, dampening=True, sqr_avg=None, **kwargs):
 
 
 average_sqr_grad.defaults = dict(sqr_mom=0.99)
+average_sqr_grad.state_keys = ("sqr_avg",)
 
 
 @multi_tensor
 def momentum_step(p, lr, grad_avg, **kwargs):
     "Step along the averaged gradient: `p -= lr * grad_avg`."
     p.data.add_(grad_avg, alpha=-lr)
+
+
+momentum_step.state_keys = ()
 
 
 @multi_tensor
@@ -94,12 +105,16 @@ def rms_prop_step(p, lr, sqr_avg, eps, grad_avg=None, **kwargs):
 
 
 rms_prop_step.defaults = dict(eps=1e-8)
+rms_prop_step.state_keys = ()
 
 
 @multi_tensor
 def step_stat(p, step=0, **kwargs):
     "Count the steps taken (a Python int in the state)."
     return {"step": step + 1}
+
+
+step_stat.state_keys = ("step",)
 
 
 def debias(mom, damp, step):
@@ -117,6 +132,7 @@ def adam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
 
 
 adam_step._defaults = dict(eps=1e-5)
+adam_step.state_keys = ()
 adam_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
 
 
@@ -148,6 +164,8 @@ def radam_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, beta, **kwargs
 
 
 radam_step._defaults = dict(eps=1e-5)
+radam_step.state_keys = ()
+adam_step.state_keys = ()
 radam_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
 
 
@@ -164,6 +182,7 @@ def qhadam_step(p, lr, mom, sqr_mom, sqr_avg, nu_1, nu_2, step, grad_avg, eps, *
 
 
 qhadam_step._defaults = dict(eps=1e-8)
+qhadam_step.state_keys = ()
 qhadam_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
 
 
@@ -176,6 +195,7 @@ def larc_layer_lr(p, lr, trust_coeff, wd, eps, clip=True, **kwargs):
 
 
 larc_layer_lr.defaults = dict(trust_coeff=0.02, wd=0., eps=1e-8)
+larc_layer_lr.state_keys = ("local_lr",)
 
 
 @multi_tensor
@@ -183,6 +203,9 @@ def larc_step(p, local_lr, grad_avg=None, **kwargs):
     "Step with LARC's per-layer learning rate: `p -= local_lr * x`."
     x = p.grad.data if grad_avg is None else grad_avg
     p.data.add_(x * local_lr, alpha=-1)
+
+
+larc_step.state_keys = ()
 
 
 @multi_tensor
@@ -197,6 +220,7 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
 
 
 lamb_step._defaults = dict(eps=1e-6, wd=0.)
+lamb_step.state_keys = ()
 lamb_step.hyper_bounds = dict(mom=_BELOW_ONE, sqr_mom=_BELOW_ONE)
 
 
@@ -213,3 +237,6 @@ def lion_step(p, lr, mom, sqr_mom, grad_avg=None, **kwargs):
     p.data.add_(update.sign_(), alpha=-lr)
     grad_avg.mul_(sqr_mom).add_(p.grad.data, alpha=1 - sqr_mom)
     return {"grad_avg": grad_avg}
+
+
+lion_step.state_keys = ("grad_avg",)
