@@ -10,6 +10,8 @@
   .pkg$pyfastopt <- reticulate::import("pyfastopt", delay_load = TRUE)
   .pkg$torch <- reticulate::import("torch", delay_load = TRUE)
   .pkg$operator <- reticulate::import("operator", delay_load = TRUE)
+  .pkg$bridge <- reticulate::import("pyfastopt.r_bridge", delay_load = TRUE)
+  .pkg$warnings <- list()   # Python warnings not yet re-raised in R (see .flush_warnings())
   invisible()
 }
 
@@ -49,8 +51,33 @@
   }
   .register_py_classes()
   .pkg$under_rpy2 <- .rpy2_exit_fix()
+  # R as the main program: Python's warnings come back as R warnings. (Under rpy2 the host
+  # Python shows its warnings itself.)
+  if (!isTRUE(.pkg$under_rpy2)) .route_py_warnings()
   .pkg$ready <- TRUE
   .pkg$pyfastopt
+}
+
+# Python calls this R function for each warning it would show; it only queues the warning
+# (signalling an R condition from inside a Python call could unwind through Python's frames).
+# The wrappers re-raise the queue once their Python call has returned.
+.route_py_warnings <- function() {
+  collect <- function(message, category) {
+    .pkg$warnings[[length(.pkg$warnings) + 1L]] <- paste0(category, ": ", message)
+    NULL
+  }
+  .pkg$warning_hook <- reticulate::r_to_py(collect)   # kept, so Python's reference stays valid
+  reticulate::py_call(reticulate::py_get_attr(.pkg$bridge, "route_warnings"), .pkg$warning_hook)
+  invisible()
+}
+
+# Re-raise queued Python warnings as R warnings (catchable, and shown by knitr).
+.flush_warnings <- function() {
+  if (!length(.pkg$warnings)) return(invisible())
+  pending <- .pkg$warnings
+  .pkg$warnings <- list()
+  for (w in pending) warning(w, call. = FALSE)
+  invisible()
 }
 
 
@@ -104,8 +131,8 @@
 #'
 #' @return `TRUE` or `FALSE`.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) tensor(1)
+#' @examplesIf pyfastopt_available()
+#' tensor(1)
 pyfastopt_available <- function() {
   isTRUE(tryCatch({ .pf(); TRUE }, error = function(e) FALSE))
 }
