@@ -18,7 +18,7 @@
     if (inherits(h, "python.builtin.object")) class(h) <- unique(c("pyfastopt_hypers", class(h)))
     return(h)
   }
-  if (!name %in% names(.method_checks)) return(NextMethod())
+  if (!name %in% names(.method_checks) || !reticulate::py_has_attr(x, name)) return(NextMethod())
   key <- paste0("pyfastopt_", name)
   f <- attr(x, key, exact = TRUE)
   if (is.null(f)) {
@@ -111,11 +111,6 @@
   freeze_to = function(n) {
     if (missing(n)) .arg_error("n", "a whole number", NULL)
     list(.int(n, "n"))
-  },
-  set_freeze = function(n, rg, ignore_force_train = FALSE) {
-    if (missing(n)) .arg_error("n", "a whole number", NULL)
-    if (missing(rg)) .arg_error("rg", "TRUE or FALSE", NULL)
-    list(.int(n, "n"), .flag(rg, "rg"), ignore_force_train = .flag(ignore_force_train, "ignore_force_train"))
   },
   freeze = .no_args("freeze"),
   unfreeze = .no_args("unfreeze"),

@@ -164,10 +164,11 @@ rm(.name)
   args <- list(...)
   sig <- .py_signature(name)
   nm <- names(args) %||% rep("", length(args))
-  free <- setdiff(names(sig)[-1], nm[nzchar(nm)])
-  if (sum(!nzchar(nm)) > length(free))
-    stop(sprintf("%s: too many unnamed arguments (%d)", where, sum(!nzchar(nm))), call. = FALSE)
-  nm[!nzchar(nm)] <- free[seq_len(sum(!nzchar(nm)))]
+  # unnamed arguments take the Python factory's positions, as in Python
+  positional <- which(!nzchar(nm))
+  if (length(positional) > length(sig) - 1L)
+    stop(sprintf("%s: too many unnamed arguments (%d)", where, length(positional)), call. = FALSE)
+  nm[positional] <- names(sig)[1L + seq_along(positional)]
   names(args) <- nm
   if (anyDuplicated(nm)) stop(sprintf("%s: `%s` is given twice", where, nm[anyDuplicated(nm)]), call. = FALSE)
   for (n in names(sig)[-1]) {
