@@ -18,10 +18,10 @@
     if (inherits(h, "python.builtin.object")) class(h) <- unique(c("pyfastopt_hypers", class(h)))
     return(h)
   }
-  if (!name %in% names(.method_checks) || !reticulate::py_has_attr(x, name)) return(NextMethod())
   key <- paste0("pyfastopt_", name)
   f <- attr(x, key, exact = TRUE)
   if (is.null(f)) {
+    if (!name %in% names(.method_checks) || !reticulate::py_has_attr(x, name)) return(NextMethod())
     f <- .method_wrapper(x, name)
     attr(x, key) <- f
   }

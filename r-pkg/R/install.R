@@ -52,7 +52,7 @@ install_pyfastopt <- function(envname = "r-pyfastopt", package = NULL, torch = N
     .arg_error("package", "a folder with pyproject.toml (this installation of the R package has no bundled Python package; give the path of a pyfastopt checkout)", package)
   package <- normalizePath(package)
 
-  env <- if (grepl("[/\\\\]", envname)) path.expand(envname) else file.path(reticulate::virtualenv_root(), envname)
+  env <- path.expand(if (grepl("[/\\\\]", envname)) envname else file.path(reticulate::virtualenv_root(), envname))
   env_python <- file.path(env, if (.Platform$OS.type == "windows") "Scripts/python.exe" else "bin/python")
   exists <- file.exists(env_python)
   works <- exists && .python_has_modules(env_python, c("torch", "pyfastopt"))
@@ -105,8 +105,7 @@ install_pyfastopt <- function(envname = "r-pyfastopt", package = NULL, torch = N
 # PYTHONHOME/PYTHONPATH as reticulate set them for its own Python would make any child Python
 # see that environment: they are cleared.
 .run <- function(cmd, args) {
-  out <- suppressWarnings(system2(cmd, args, stdout = TRUE, stderr = TRUE,
-                                  env = c("PYTHONHOME=", "PYTHONPATH=")))
+  out <- suppressWarnings(system2(cmd, args, stdout = TRUE, stderr = TRUE, env = .child_env()))
   attr(out, "status") <- as.integer(attr(out, "status") %||% 0L)
   out
 }
@@ -119,6 +118,28 @@ install_pyfastopt <- function(envname = "r-pyfastopt", package = NULL, torch = N
   if (is.na(python) || !file.exists(python)) return(FALSE)
   code <- paste0("import ", paste(modules, collapse = ", "))
   status <- suppressWarnings(system2(python, c("-c", shQuote(code)), stdout = FALSE, stderr = FALSE,
-                                     env = c("PYTHONHOME=", "PYTHONPATH=")))
+                                     env = .child_env()))
   identical(as.integer(status), 0L)
+}
+
+# Environment for a child Python. R puts its own library folders first in LD_LIBRARY_PATH (see
+# R.home("etc")/ldpaths; on Debian that includes /usr/lib/x86_64-linux-gnu), which makes a
+# Python built elsewhere (pyenv, conda) load the system's libpython instead of its own and fail
+# (e.g. its ssl module: "undefined symbol"); the child gets LD_LIBRARY_PATH without them.
+.child_env <- function() {
+  c("PYTHONHOME=", "PYTHONPATH=", paste0("LD_LIBRARY_PATH=", .ld_path_without_r()))
+}
+
+.ld_path_without_r <- function() {
+  cur <- strsplit(Sys.getenv("LD_LIBRARY_PATH"), ":", fixed = TRUE)[[1]]
+  r_dirs <- c(R.home("lib"), Sys.getenv("R_JAVA_LD_LIBRARY_PATH"))
+  ldpaths <- file.path(R.home("etc"), "ldpaths")
+  if (file.exists(ldpaths)) {
+    txt <- paste(readLines(ldpaths, warn = FALSE), collapse = "\n")
+    tokens <- regmatches(txt, gregexpr("(\\$\\{(R|JAVA)_HOME\\}|/)[^:}\"\n ]*", txt))[[1]]
+    java <- Sys.getenv("JAVA_HOME", "/usr/lib/jvm/default-java")
+    tokens <- sub("${R_HOME}", R.home(), sub("${JAVA_HOME}", java, tokens, fixed = TRUE), fixed = TRUE)
+    r_dirs <- c(r_dirs, tokens[startsWith(tokens, "/")])
+  }
+  paste(setdiff(cur[nzchar(cur)], r_dirs), collapse = ":")
 }

@@ -275,3 +275,22 @@ multi_tensor <- function(f, defaults = NULL) {
   if (!is.null(defaults)) attr(f, "defaults") <- defaults
   f
 }
+
+# `$` on the lists of tensors a multi_tensor() R stepper works on (TensorList, ParamBatch):
+# reticulate's own `$` builds a full R wrapper around every bound method, which costs more than
+# the foreach call itself; this one keeps a method a thin closure over py_call. Attributes
+# (`p$data`, `p$grad`) and results stay Python objects, as a TensorList is one.
+.tensor_list_dollar <- function(x, name) {
+  a <- tryCatch(reticulate::py_get_attr(x, name), error = function(e) .py_error(paste0("$", name), e))
+  if (inherits(a, c("python.builtin.method", "python.builtin.builtin_function_or_method"))) {
+    return(function(...) {
+      res <- reticulate::py_call(a, ...)
+      if (inherits(res, "python.builtin.NoneType")) invisible(NULL) else reticulate::py_to_r(res)
+    })
+  }
+  reticulate::py_to_r(a)
+}
+
+#' @rawNamespace S3method("$", pyfastopt.tensor_list.TensorList, .tensor_list_dollar)
+#' @rawNamespace S3method("$", pyfastopt.tensor_list.ParamBatch, .tensor_list_dollar)
+NULL

@@ -82,3 +82,12 @@ test_that("RETICULATE_PYTHON is honoured, and a Python without the module is rep
   expect_match(res$output, "install_pyfastopt()", fixed = TRUE)
   expect_match(res$output, "pyfastopt", fixed = TRUE)
 })
+
+test_that("the vignettes are installed with the package", {
+  skip_if_no_pyfastopt()   # they are knitted (by R CMD build) only where the Python side works
+  items <- utils::vignette(package = "pyfastopt")$results[, "Item"]
+  expect_true(all(c("optimizer", "training") %in% items))
+  html <- system.file("doc", "optimizer.html", package = "pyfastopt")
+  expect_true(file.exists(html))
+  expect_gt(file.size(html), 10000)
+})
