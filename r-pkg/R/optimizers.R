@@ -19,10 +19,6 @@
   .call_py(paste0(name, "()"), f, c(list(.params(params)), args))
 }
 
-.need_lr <- function(lr_missing) {
-  if (lr_missing) stop("`lr` is missing, with no default: give a learning rate, e.g. lr = 0.1", call. = FALSE)
-}
-
 .py_factory <- function(name) .pyfn("pyfastopt", name)
 
 #' The general optimizer
