@@ -105,6 +105,8 @@ test_that("an R stepper marked multi_tensor runs once per bucket and gives SGD-m
     list(grad_avg = grad_avg)
   }, defaults = list(mom = 0.9))
   my_step <- multi_tensor(function(p, lr, grad_avg) {   # no `...`: gets only what it declares
+    # the thin `$` for lists of tensors (one reticulate call per method), not reticulate's
+    calls$dollar <- identical(body(getS3method("$", class(p)[1], optional = TRUE)), body(pyfastopt:::.tensor_list_dollar))
     p$data$add_(grad_avg, alpha = -lr)
     NULL
   })
@@ -113,6 +115,7 @@ test_that("an R stepper marked multi_tensor runs once per bucket and gives SGD-m
   expect_equal(opt$hypers$items[[1]]$mom, 0.9)
   for (i in 1:3) opt$step()
   expect_equal(calls$n, 3L)     # 100 params, one bucket: one call per step
+  expect_true(calls$dollar)
   ref <- L(lapply(0:99, function(x) tst_param(x)))
   opt_ref <- SGD(ref, lr = 0.1, mom = 0.9)
   for (i in 1:3) opt_ref$step()
