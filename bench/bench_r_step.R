@@ -1,4 +1,4 @@
-# R side of bench/r_vs_python_step.py: time an R loop of opt$step() for each
+# R side of bench/r_vs_python_step.py: time (CPU) an R loop of opt$step() for each
 # configuration and print one JSON line per configuration ("R:{...}").
 # Usage: Rscript bench/bench_r_step.R <n_steps> <repeats>
 library(pyfastopt)
@@ -21,6 +21,14 @@ r_weight_decay <- function(p, lr, wd, do_wd = TRUE, ...) {
   NULL
 }
 r_sgd_step <- function(p, lr, ...) { p$data$add_(p$grad$data, alpha = -lr); NULL }
+# an R momentum stepper pair; marked multi_tensor(): one R call per stepper per bucket, on lists
+# of tensors (TensorLists)
+r_average_grad <- function(p, mom, grad_avg = NULL, ...) {
+  if (is.null(grad_avg)) grad_avg <- p$grad$clone()$zero_()
+  grad_avg$mul_(mom)$add_(p$grad)
+  list(grad_avg = grad_avg)
+}
+r_momentum_step <- function(p, lr, grad_avg, ...) { p$data$add_(grad_avg, alpha = -lr); NULL }
 
 configs <- list(
   list(name = "steppers-from-R: Optimizer(list(weight_decay, sgd_step)), 4 scalars",
@@ -30,16 +38,26 @@ configs <- list(
        make = function(p) Adam(p, lr = 1e-3)),
   list(name = "ranger (Lookahead+RAdam), 8 x 1000", sizes = rep(1000, 8), make = function(p) ranger(p, lr = 1e-3)),
   list(name = "SLOW PATH: R closures as steppers, 4 scalars", sizes = rep(1, 4),
-       make = function(p) Optimizer(p, list(r_weight_decay, r_sgd_step), lr = 0.1, wd = 0.01))
+       make = function(p) Optimizer(p, list(r_weight_decay, r_sgd_step), lr = 0.1, wd = 0.01)),
+  list(name = "STEPPERS: built-in SGD(mom = 0.9), 100 scalars", sizes = rep(1, 100),
+       make = function(p) SGD(p, lr = 0.1, mom = 0.9)),
+  list(name = "STEPPERS: R momentum pair, multi_tensor, 100 scalars", sizes = rep(1, 100),
+       make = function(p) Optimizer(p, list(multi_tensor(r_average_grad), multi_tensor(r_momentum_step)),
+                                    lr = 0.1, mom = 0.9)),
+  list(name = "SLOW PATH: R momentum pair, per param, 100 scalars", sizes = rep(1, 100),
+       make = function(p) Optimizer(p, list(r_average_grad, r_momentum_step), lr = 0.1, mom = 0.9))
 )
 for (cfg in configs) {
   params <- make_params(cfg$sizes)
   opt <- cfg$make(params)
-  nn <- if (grepl("SLOW", cfg$name)) max(50L, n %/% 20L) else n
+  nn <- if (grepl("SLOW", cfg$name)) max(20L, n %/% 100L) else if (grepl("R momentum", cfg$name)) max(50L, n %/% 10L) else n
   for (i in 1:20) opt$step()
   best <- Inf
   for (r in seq_len(reps)) {
-    t <- system.time(for (i in seq_len(nn)) opt$step())[["elapsed"]]
+    # process CPU time (R and the Python it embeds, one torch thread): other load on the
+    # machine inflates wall time, much less CPU time
+    st <- system.time(for (i in seq_len(nn)) opt$step())
+    t <- st[["user.self"]] + st[["sys.self"]]
     best <- min(best, t)
   }
   cat(sprintf('R:{"name": "%s", "us_per_step": %.2f, "steps": %d}\n', cfg$name, 1e6 * best / nn, nn))

@@ -13,7 +13,7 @@ export RETICULATE_PYTHON=${RETICULATE_PYTHON:-$root/.venv/bin/python}
 out=${PYFASTOPT_OUT:-$root/out}
 lib=$out/Rlib
 mkdir -p "$lib"
-if ! bash "$root/scripts/r-install.sh" "$lib" >"$out/r-install.log" 2>&1; then
+if ! PYFASTOPT_VIGNETTES=0 bash "$root/scripts/r-install.sh" "$lib" >"$out/r-install.log" 2>&1; then
   cat "$out/r-install.log" >&2; exit 1
 fi
 export R_LIBS="$lib${R_LIBS:+:$R_LIBS}"

@@ -97,3 +97,79 @@ def test_r_cmd_build_and_check(tmp_path):
     assert "r-check: OK" in out
     log = (tmp_path / "check" / "pyfastopt.Rcheck" / "00check.log").read_text()
     assert "WARNING" not in log and "ERROR" not in log, log[-4000:]
+
+
+def readme_install_lines():
+    "The two shell lines of the README's R install block (the one after the r-install marker)."
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- r-install:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [l.split("#", 1)[0].strip() for l in block.splitlines()]
+    return [l for l in lines if l]
+
+
+def readme_quick_start():
+    "The R quick start's code and the output the README shows for it."
+    text = (ROOT / "README.md").read_text().split("## R quick start", 1)[1]
+    block = text.split("```r\n", 1)[1].split("```", 1)[0]
+    code = [l for l in block.splitlines() if not l.startswith("#>")]
+    shown = [l[3:] for l in block.splitlines() if l.startswith("#> ")]
+    return "\n".join(code), shown
+
+
+def test_readme_install_from_scratch(tmp_path):
+    """The README's two install lines, run as written in a fresh HOME with a private R library
+    and no RETICULATE_PYTHON, then the quick start in a new R session prints what the README
+    shows. pip resolves torch as configured on this machine (here: the local CPU wheel in
+    PIP_FIND_LINKS; torch's small dependencies from pip's cache or index)."""
+    lines = readme_install_lines()
+    assert lines == ["R CMD INSTALL r-pkg", "Rscript -e 'pyfastopt::install_pyfastopt()'"], lines
+    home, rlib = tmp_path / "home", tmp_path / "home" / "R" / "library"
+    rlib.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RETICULATE_PYTHON", "PYTHONHOME", "PYTHONPATH", "WORKON_HOME",
+                        "VIRTUAL_ENV", "R_LIBS", "PYFASTOPT_REQUIRE_PYTHON")}
+    env.update(HOME=str(home), R_LIBS_USER=str(rlib),
+               # pip's cache is the user's; keep the real one (a fresh HOME would have none)
+               PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip")))
+    # pyenv's shims find their Python through $HOME/.pyenv unless told where it is
+    if "PYENV_ROOT" not in env and (Path.home() / ".pyenv").is_dir():
+        env["PYENV_ROOT"] = str(Path.home() / ".pyenv")
+    # the project's .venv must not be the Python that creates the environment
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                  if not p.startswith(str(ROOT / ".venv")))
+    for line in lines:
+        res = subprocess.run(line, shell=True, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=900)
+        assert res.returncode == 0, f"{line} failed:\n{(res.stdout + res.stderr)[-6000:]}"
+    assert (rlib / "pyfastopt" / "python" / "pyproject.toml").exists()
+    venv_python = home / ".virtualenvs" / "r-pyfastopt" / "bin" / "python"
+    assert venv_python.exists()
+    code, shown = readme_quick_start()
+    res = subprocess.run([RSCRIPT, "-e", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    printed = [l for l in res.stdout.splitlines()]
+    assert printed[-len(shown):] == shown, out[-3000:]
+    # the installed Python package is the repository's, file for file
+    site = subprocess.run([str(venv_python), "-c", "import pyfastopt, os; print(os.path.dirname(pyfastopt.__file__))"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    for f in (ROOT / "pyfastopt").glob("*.py"):
+        assert (Path(site) / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_pyproject_builds_without_warnings(tmp_path):
+    "Building the wheel (as install_pyfastopt() does) prints no setuptools warning."
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)    # its "byte-compiling is disabled" notes are not ours
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w",
+                          str(tmp_path / "wheels"), str(ROOT)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    lines = [l for l in out.splitlines() if "arning" in l and "Location 'file:" not in l]
+    assert lines == [], "\n".join(lines)
+    wheel = next((tmp_path / "wheels").glob("pyfastopt-*.whl"))
+    import zipfile
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "pyfastopt/csrc/pyfastopt_kernels.c" in names and "pyfastopt/r_bridge.py" in names

@@ -8,20 +8,23 @@
 #' `params[3]` is the fourth item, `params[0:1]` is an `L` of items 0 and 1
 #' (an R vector of indices is an index list, never a Python slice),
 #' `params[c(TRUE, FALSE)]` is a mask. `params[3] <- x` and
-#' `params[3]$grad <- NULL` work in place. `params$items` is the R list of the
-#' items; `length()` and `as.list()` work as expected.
+#' `params[3]$grad <- NULL` work in place. An index out of range is an error that says
+#' which indices are valid (`0..length(params) - 1`).
+#'
+#' For R's habits: `length(params)`; `as.list(params)` (or `params$items`) is an R list of
+#' the items, indexed 1-based as usual, and `for (p in as.list(params))` loops over them
+#' (`for` cannot loop over a Python object itself). `params[[i]]` is an error that says
+#' this, rather than a second, conflicting convention.
 #'
 #' @param ... Items, or one R list (or Python iterable) of items; named
 #'   arguments (`use_list`, `match`) go to Python.
 #' @return `L()` returns a Python `L`; `[` an item (one index) or an `L`.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   params <- L(lapply(0:3, function(x) tst_param(x)))
-#'   params[0:1]
-#'   params[3]
-#'   length(params)
-#' }
+#' @examplesIf pyfastopt_available()
+#' params <- L(lapply(0:3, function(x) tst_param(x)))
+#' params[0:1]
+#' params[3]
+#' length(params)
 L <- function(...) {
   args <- list(...)
   nm <- names(args)
@@ -32,44 +35,53 @@ L <- function(...) {
   .call_py("L()", .pyfn("pyfastopt", "L"), args)
 }
 
-.L_index <- function(i) {
+# Python's index for `i`, checked against the length `n`: every error says indexing is
+# 0-based and which indices are valid.
+.L_index <- function(i, n) {
   if (inherits(i, "python.builtin.object")) return(i)
+  valid <- if (n > 0) sprintf("valid: 0..%d, or -%d..-1 from the end", n - 1, n) else "the L is empty"
   if (is.logical(i)) {
     if (anyNA(i)) .arg_error("i", "an index without NA", i)
+    if (length(i) != n) .arg_error("i", sprintf("a mask of length %d (the L's length)", n), i)
     return(as.list(i))
   }
-  if (!is.numeric(i) || anyNA(i) || any(i != round(i)))
-    .arg_error("i", "a whole number or a vector of whole numbers (0-based)", i)
+  if (is.factor(i) || !is.numeric(i) || length(i) == 0 || anyNA(i) || any(!is.finite(i)) || any(i != round(i)))
+    .arg_error("i", sprintf("a whole number or a vector of whole numbers (0-based, %s)", valid), i)
+  bad <- i[i >= n | i < -n]
+  if (length(bad))
+    stop(sprintf("index %s is out of range: indexing an L is 0-based, %s", format(bad[1]), valid), call. = FALSE)
   if (length(i) == 1) as.integer(i) else as.list(as.integer(i))
 }
 
 #' @noRd
 `[.pyfastopt_L` <- function(x, i) {
   if (missing(i)) return(x)
-  res <- tryCatch(reticulate::py_get_item(x, .L_index(i)),
+  res <- tryCatch(reticulate::py_get_item(x, .L_index(i, length(x))),
                   error = function(e) .py_error("L[i]", e))
   reticulate::py_to_r(res)
 }
 
-#' @noRd
-`[[.pyfastopt_L` <- function(x, i) {
-  if (!(is.numeric(i) && length(i) == 1)) .arg_error("i", "a single whole number (0-based)", i)
-  `[.pyfastopt_L`(x, i)
+# `[[` would have to be 0-based like `[` (params[[1]] the second item, a trap for R users) or
+# 1-based (a second convention on one object): neither, it says what to use.
+.L_double_bracket <- function(x) {
+  stop(sprintf(paste0(
+    "`[[` is not used on an L (its `[` is 0-based, as in Python): use x[i] with i 0-based ",
+    "(valid: 0..%d), or as.list(x)[[i]] for an R list (1-based)"), length(x) - 1L), call. = FALSE)
 }
 
 #' @noRd
+`[[.pyfastopt_L` <- function(x, i) .L_double_bracket(x)
+
+#' @noRd
 `[<-.pyfastopt_L` <- function(x, i, value) {
-  idx <- .L_index(i)
+  idx <- .L_index(i, length(x))
   if (is.list(idx) && is.list(value) && !inherits(value, "python.builtin.object")) value <- unname(value)
   tryCatch(reticulate::py_set_item(x, idx, value), error = function(e) .py_error("L[i] <- value", e))
   x
 }
 
 #' @noRd
-`[[<-.pyfastopt_L` <- function(x, i, value) {
-  if (!(is.numeric(i) && length(i) == 1)) .arg_error("i", "a single whole number (0-based)", i)
-  `[<-.pyfastopt_L`(x, i, value)
-}
+`[[<-.pyfastopt_L` <- function(x, i, value) .L_double_bracket(x)
 
 #' @noRd
 length.pyfastopt_L <- function(x) {

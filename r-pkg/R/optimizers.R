@@ -19,10 +19,6 @@
   .call_py(paste0(name, "()"), f, c(list(.params(params)), args))
 }
 
-.need_lr <- function(lr_missing) {
-  if (lr_missing) stop("`lr` is missing, with no default: give a learning rate, e.g. lr = 0.1", call. = FALSE)
-}
-
 .py_factory <- function(name) .pyfn("pyfastopt", name)
 
 #' The general optimizer
@@ -43,9 +39,10 @@
 #'
 #' Steppers exported by this package ([sgd_step], [weight_decay], ...) reach
 #' Python as the Python functions themselves, so a step never calls back into
-#' R. A plain R function also works as a stepper, but then Python calls R for
-#' every parameter at every step, which is much slower, and the function has
-#' no `defaults`.
+#' R. An R function works as a stepper too (see [multi_tensor()]): by default
+#' Python calls it once per parameter per step; marked with [multi_tensor()] it
+#' is called once per bucket of parameters, which is much faster. Its errors
+#' name it, and without `...` it receives only the arguments it declares.
 #'
 #' @param params The parameters: a tensor, a list (or [L]) of tensors, a list
 #'   of such lists (one parameter group each) or a Python iterable such as
@@ -56,19 +53,17 @@
 #' @return A Python `pyfastopt.Optimizer`.
 #' @seealso [SGD()], [Adam()] and the other factories; [steppers].
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   params <- L(lapply(0:3, function(x) tst_param(x)))
-#'   opt <- Optimizer(params, list(weight_decay, sgd_step), lr = 0.1, wd = 0.1)
-#'   opt$step()
-#'   str(params$items)
-#'   opt$hypers
-#' }
+#' @examplesIf pyfastopt_available()
+#' params <- L(lapply(0:3, function(x) tst_param(x)))
+#' opt <- Optimizer(params, list(weight_decay, sgd_step), lr = 0.1, wd = 0.1)
+#' opt$step()
+#' str(params$items)
+#' opt$hypers
 Optimizer <- function(params, cbs, ...) {
   if (missing(params)) return(.py_factory("Optimizer"))
   if (missing(cbs)) .arg_error("cbs", "a stepper function or a list of them", NULL)
   f <- .py_factory("Optimizer")
-  .call_py("Optimizer()", f, c(list(.params(params), .cbs(cbs)),
+  .call_py("Optimizer()", f, c(list(.params(params), .cbs(cbs, substitute(cbs))),
                                .hyper_args(list(...), "Optimizer()")))
 }
 
@@ -82,8 +77,7 @@ Optimizer <- function(params, cbs, ...) {
 #' * `SGD`: SGD with `lr`, momentum `mom` and weight decay `wd`.
 #' * `RMSProp`: RMSProp; `sqr_mom` is the course's alpha. (Unlike fastai, which
 #'   ignores it, `eps` is honoured.)
-#' * `Adam`: Adam, with fastai's defaults (`sqr_mom = 0.99`, `eps = 1e-5`,
-#'   decoupled `wd = 0.01`).
+#' * `Adam`: Adam, with fastai's defaults (decoupled weight decay).
 #' * `RAdam`: rectified Adam (plain momentum SGD while the variance is not
 #'   tractable); `beta > 0` gives SAdam's softplus.
 #' * `QHAdam`: quasi-hyperbolic Adam.
@@ -95,127 +89,112 @@ Optimizer <- function(params, cbs, ...) {
 #' Weight decay `wd` is true (decoupled) weight decay when
 #' `decouple_wd = TRUE`, L2 regularisation otherwise.
 #'
+#' The hyper-parameters and their defaults are those of the Python factory of the same name
+#' (listed below, read from Python when this page was made); the R functions pass what you give
+#' on to it and restate none of them.
+#'
 #' @param params The parameters: a tensor, a list (or [L]) of tensors, a list
 #'   of such lists (parameter groups) or a Python iterable such as
 #'   `model$parameters()`.
-#' @param lr Learning rate (a number, or one per parameter group).
-#' @param mom Momentum.
-#' @param sqr_mom Momentum of the squared gradients.
-#' @param eps Added to denominators.
-#' @param wd Weight decay.
-#' @param decouple_wd `TRUE`: true weight decay; `FALSE`: L2 regularisation.
-#' @param beta SAdam's softplus beta (`0`: plain RAdam).
-#' @param nu_1,nu_2 QHAdam's discount factors.
-#' @param clip Clip LARC's layer-wise learning rate at `lr`?
-#' @param trust_coeff LARC's trust coefficient.
-#' @param k,alpha Lookahead's synchronisation period (a whole number) and
-#'   step size, for `ranger`.
+#' @param ... Hyper-parameters, named (`lr = 0.1`, `mom = 0.9`, ...; unnamed ones follow the
+#'   Python factory's order): a number, or one number per parameter group; `TRUE`/`FALSE` for
+#'   `decouple_wd` and `clip`; a whole number for `k`.
 #' @return A Python optimizer.
 #' @name optimizers
-#' @examples
-#' if (pyfastopt_available()) {
-#'   params <- L(lapply(0:3, function(x) tst_param(x)))
-#'   opt <- SGD(params, lr = 0.1, mom = 0.9)
-#'   opt$step()
-#'   str(params$items)
-#'   p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
-#'   RMSProp(p, lr = 0.1)$step()
-#'   Adam(p, lr = 0.1)$step()
-#'   RAdam(p, lr = 0.1)$step()
-#'   QHAdam(p, lr = 0.1)$step()
-#'   Larc(list(p), lr = 0.1)$step()
-#'   Lamb(p, lr = 0.1)$step()
-#'   ranger(p, lr = 0.1)$step()
-#'   p
-#' }
+#' @eval .factory_docs()
+#' @examplesIf pyfastopt_available()
+#' params <- L(lapply(0:3, function(x) tst_param(x)))
+#' opt <- SGD(params, lr = 0.1, mom = 0.9)
+#' opt$step()
+#' str(params$items)
+#' p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
+#' RMSProp(p, lr = 0.1)$step()
+#' Adam(p, lr = 0.1)$step()
+#' RAdam(p, lr = 0.1)$step()
+#' QHAdam(p, lr = 0.1)$step()
+#' Larc(list(p), lr = 0.1)$step()
+#' Lamb(p, lr = 0.1)$step()
+#' ranger(p, lr = 0.1)$step()
+#' p
 NULL
 
-#' @rdname optimizers
-#' @export
-SGD <- function(params, lr, mom = 0, wd = 0, decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("SGD"))
-  .need_lr(missing(lr))
-  .factory("SGD", params, list(lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE),
-                               wd = .num(wd, "wd", TRUE), decouple_wd = .flag(decouple_wd, "decouple_wd")))
+# The factories exported to R: each is `function(params, ...)` calling the Python factory of
+# that name, so its hyper-parameters and defaults live only in Python. Adding a Python factory
+# to R is adding its name here.
+.factory_names <- c("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "ranger")
+
+.make_factory <- function(name) {
+  f <- function(params, ...) NULL
+  body(f) <- substitute(.call_factory(NAME, params, ...), list(NAME = name))
+  f
+}
+for (.name in .factory_names) assign(.name, .make_factory(.name))
+rm(.name)
+
+# Hyper-parameters that are flags or Python ints, by name (the rest are numbers).
+.flag_hypers <- c("decouple_wd", "clip", "dampening", "do_wd")
+.int_hypers <- c("k")
+
+# Names and defaults of a Python callable's parameters (cached).
+.py_signature <- function(name) {
+  key <- paste0("sig.", name)
+  sig <- .pkg$fns[[key]]
+  if (is.null(sig)) {
+    sig <- reticulate::py_to_r(reticulate::py_call(
+      reticulate::py_get_attr(.bridge(), "factory_defaults"), .py_factory(name)))
+    names(sig) <- vapply(sig, `[[`, "", "name")
+    .pkg$fns[[key]] <- sig
+  }
+  sig
 }
 
-#' @rdname optimizers
-#' @export
-RMSProp <- function(params, lr, mom = 0, sqr_mom = 0.99, eps = 1e-8, wd = 0, decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("RMSProp"))
-  .need_lr(missing(lr))
-  .factory("RMSProp", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), sqr_mom = .num(sqr_mom, "sqr_mom", TRUE),
-    eps = .num(eps, "eps", TRUE), wd = .num(wd, "wd", TRUE), decouple_wd = .flag(decouple_wd, "decouple_wd")))
+.hyper_arg <- function(v, n) {
+  if (n %in% .flag_hypers) return(.flag(v, n))
+  if (n %in% .int_hypers) return(.int(v, n))
+  .hyper_value(v, n)
 }
 
-#' @rdname optimizers
-#' @export
-Adam <- function(params, lr, mom = 0.9, sqr_mom = 0.99, eps = 1e-5, wd = 0.01, decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("Adam"))
-  .need_lr(missing(lr))
-  .factory("Adam", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), sqr_mom = .num(sqr_mom, "sqr_mom", TRUE),
-    eps = .num(eps, "eps", TRUE), wd = .num(wd, "wd", TRUE), decouple_wd = .flag(decouple_wd, "decouple_wd")))
+.call_factory <- function(name, params, ...) {
+  if (missing(params)) return(.py_factory(name))
+  where <- paste0(name, "()")
+  args <- list(...)
+  sig <- .py_signature(name)
+  nm <- names(args) %||% rep("", length(args))
+  # unnamed arguments take the Python factory's positions, as in Python
+  positional <- which(!nzchar(nm))
+  if (length(positional) > length(sig) - 1L)
+    stop(sprintf("%s: too many unnamed arguments (%d)", where, length(positional)), call. = FALSE)
+  nm[positional] <- names(sig)[1L + seq_along(positional)]
+  names(args) <- nm
+  if (anyDuplicated(nm)) stop(sprintf("%s: `%s` is given twice", where, nm[anyDuplicated(nm)]), call. = FALSE)
+  for (n in names(sig)[-1]) {
+    if (!sig[[n]]$has_default && !n %in% nm)
+      stop(sprintf("`%s` is missing, with no default%s", n,
+                   if (n == "lr") ": give a learning rate, e.g. lr = 0.1" else ""), call. = FALSE)
+  }
+  for (n in nm) args[[n]] <- .hyper_arg(args[[n]], n)
+  .factory(name, params, args)
 }
 
-#' @rdname optimizers
-#' @export
-RAdam <- function(params, lr, mom = 0.9, sqr_mom = 0.99, eps = 1e-5, wd = 0, beta = 0,
-                  decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("RAdam"))
-  .need_lr(missing(lr))
-  .factory("RAdam", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), sqr_mom = .num(sqr_mom, "sqr_mom", TRUE),
-    eps = .num(eps, "eps", TRUE), wd = .num(wd, "wd", TRUE), beta = .num(beta, "beta", TRUE),
-    decouple_wd = .flag(decouple_wd, "decouple_wd")))
+# Roxygen lines for the factories: usage, exports and the defaults read from Python (so the
+# help page shows them without R restating them).
+.factory_docs <- function() {
+  lines <- c(paste0("@usage ", .factory_names, "(params, ...)"),
+             paste("@export", .factory_names), paste("@aliases", paste(.factory_names, collapse = " ")))
+  defaults <- tryCatch(.factory_defaults_text(), error = function(e) NULL)
+  if (!is.null(defaults)) lines <- c(lines, paste0("@section Defaults (from Python):\n", defaults))
+  lines
 }
 
-#' @rdname optimizers
-#' @export
-QHAdam <- function(params, lr, mom = 0.999, sqr_mom = 0.999, nu_1 = 0.7, nu_2 = 1.0, eps = 1e-8,
-                   wd = 0, decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("QHAdam"))
-  .need_lr(missing(lr))
-  .factory("QHAdam", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), sqr_mom = .num(sqr_mom, "sqr_mom", TRUE),
-    nu_1 = .num(nu_1, "nu_1", TRUE), nu_2 = .num(nu_2, "nu_2", TRUE), eps = .num(eps, "eps", TRUE),
-    wd = .num(wd, "wd", TRUE), decouple_wd = .flag(decouple_wd, "decouple_wd")))
-}
-
-#' @rdname optimizers
-#' @export
-Larc <- function(params, lr, mom = 0.9, clip = TRUE, trust_coeff = 0.02, eps = 1e-8, wd = 0,
-                 decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("Larc"))
-  .need_lr(missing(lr))
-  .factory("Larc", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), clip = .flag(clip, "clip"),
-    trust_coeff = .num(trust_coeff, "trust_coeff", TRUE), eps = .num(eps, "eps", TRUE),
-    wd = .num(wd, "wd", TRUE), decouple_wd = .flag(decouple_wd, "decouple_wd")))
-}
-
-#' @rdname optimizers
-#' @export
-Lamb <- function(params, lr, mom = 0.9, sqr_mom = 0.99, eps = 1e-5, wd = 0, decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("Lamb"))
-  .need_lr(missing(lr))
-  .factory("Lamb", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), sqr_mom = .num(sqr_mom, "sqr_mom", TRUE),
-    eps = .num(eps, "eps", TRUE), wd = .num(wd, "wd", TRUE), decouple_wd = .flag(decouple_wd, "decouple_wd")))
-}
-
-#' @rdname optimizers
-#' @export
-ranger <- function(params, lr, mom = 0.95, wd = 0.01, eps = 1e-6, k = 6L, alpha = 0.5,
-                   sqr_mom = 0.99, beta = 0, decouple_wd = TRUE) {
-  if (missing(params)) return(.py_factory("ranger"))
-  .need_lr(missing(lr))
-  .factory("ranger", params, list(
-    lr = .num(lr, "lr", TRUE), mom = .num(mom, "mom", TRUE), wd = .num(wd, "wd", TRUE),
-    eps = .num(eps, "eps", TRUE), k = .int(k, "k"), alpha = .num(alpha, "alpha"),
-    sqr_mom = .num(sqr_mom, "sqr_mom", TRUE), beta = .num(beta, "beta", TRUE),
-    decouple_wd = .flag(decouple_wd, "decouple_wd")))
+.factory_defaults_text <- function() {
+  one <- function(name) {
+    sig <- .py_signature(name)[-1]
+    parts <- vapply(sig, function(p) {
+      if (p$has_default) paste(p$name, "=", paste(deparse(p$default), collapse = "")) else p$name
+    }, "")
+    sprintf("* `%s(params, %s)`", name, paste(parts, collapse = ", "))
+  }
+  paste(vapply(.factory_names, one, ""), collapse = "\n")
 }
 
 #' Lookahead
@@ -226,22 +205,23 @@ ranger <- function(params, lr, mom = 0.95, wd = 0.01, eps = 1e-6, k = 6L, alpha 
 #' `set_hyper()`, ...) goes to the inner optimizer.
 #'
 #' @param opt An optimizer, such as `SGD(params, lr = 0.1)`.
-#' @param k Synchronisation period, a whole number (`6` and `6L` both work).
-#' @param alpha Step size of the slow weights.
+#' @param ... `k`, the synchronisation period (a whole number: `6` and `6L` both work), and
+#'   `alpha`, the step size of the slow weights; their defaults are the Python function's.
 #' @return A Python `Lookahead` optimizer.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   params <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
-#'   opt <- Lookahead(SGD(params, lr = 0.1), k = 6)
-#'   for (i in 1:6) opt$step()
-#'   params
-#' }
-Lookahead <- function(opt, k = 6L, alpha = 0.5) {
+#' @examplesIf pyfastopt_available()
+#' params <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
+#' opt <- Lookahead(SGD(params, lr = 0.1), k = 6)
+#' for (i in 1:6) opt$step()
+#' params
+Lookahead <- function(opt, ...) {
   if (missing(opt)) return(.py_factory("Lookahead"))
   if (!inherits(opt, "python.builtin.object")) .arg_error("opt", "an optimizer (e.g. SGD(params, lr = 0.1))", opt)
-  f <- .py_factory("Lookahead")
-  .call_py("Lookahead()", f, list(opt, k = .int(k, "k"), alpha = .num(alpha, "alpha")))
+  args <- list(...)
+  nm <- names(args) %||% rep("", length(args))
+  if (any(!nzchar(nm))) stop("Lookahead(): give `k` and `alpha` by name", call. = FALSE)
+  for (n in nm) args[[n]] <- .hyper_arg(args[[n]], n)
+  .call_py("Lookahead()", .py_factory("Lookahead"), c(list(opt), args))
 }
 
 #' Wrap a torch optimizer
@@ -261,15 +241,13 @@ Lookahead <- function(opt, k = 6L, alpha = 0.5) {
 #' @param ... Arguments of the torch optimizer (`lr = 0.01`, `momentum = 0.9`).
 #' @return A Python `OptimWrapper`.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   torch <- reticulate::import("torch")
-#'   p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
-#'   opt <- OptimWrapper(list(p), torch$optim$SGD, lr = 0.1, momentum = 0.9)
-#'   opt$hypers
-#'   opt$step()
-#'   p
-#' }
+#' @examplesIf pyfastopt_available()
+#' torch <- reticulate::import("torch")
+#' p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
+#' opt <- OptimWrapper(list(p), torch$optim$SGD, lr = 0.1, momentum = 0.9)
+#' opt$hypers
+#' opt$step()
+#' p
 OptimWrapper <- function(params = NULL, opt = NULL, hp_map = NULL, convert_groups = TRUE, ...) {
   f <- .py_factory("OptimWrapper")
   if (is.null(params) && is.null(opt)) .arg_error("params", "given when `opt` is NULL (or give `opt`)", NULL)

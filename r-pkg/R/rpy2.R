@@ -68,13 +68,11 @@
 #' @param expr R code.
 #' @return The value of `expr`.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   params <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
-#'   opt <- SGD(params, lr = 0.1)
-#'   with_python_gil(for (i in 1:10) opt$step())
-#'   params
-#' }
+#' @examplesIf pyfastopt_available()
+#' params <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
+#' opt <- SGD(params, lr = 0.1)
+#' with_python_gil(for (i in 1:10) opt$step())
+#' params
 with_python_gil <- function(expr) {
   .pf()
   if (!isTRUE(.pkg$under_rpy2)) return(expr)

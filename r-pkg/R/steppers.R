@@ -80,39 +80,37 @@
 #'   the optimizer passes them all).
 #' @return `NULL` (invisibly) or a named list of state; `debias()` a number.
 #' @name steppers
-#' @examples
-#' if (pyfastopt_available()) {
-#'   p <- tst_param(1, 0.1)
-#'   sgd_step(p, 1)
-#'   p
-#'   p <- tst_param(1, 0.1)
-#'   weight_decay(p, 1, 0.1)
-#'   p
-#'   p <- tst_param(1, 0.1)
-#'   l2_reg(p, 1, 0.1)
-#'   p$grad
-#'   p <- tst_param(c(1, 2, 3), c(4, 5, 6))
-#'   state <- average_grad(p, mom = 0.9)
-#'   state <- average_grad(p, mom = 0.9, grad_avg = state$grad_avg)
-#'   state$grad_avg
-#'   average_sqr_grad(p, sqr_mom = 0.99)$sqr_avg
-#'   momentum_step(p, lr = 0.1, grad_avg = state$grad_avg)
-#'   rms_prop_step(p, lr = 0.1, sqr_avg = p$grad^2, eps = 1e-8)
-#'   step_stat(p, step = 1)
-#'   debias(0.9, 0.1, 1)
-#'   st <- list(grad_avg = p$grad * 0.1, sqr_avg = p$grad^2 * 0.01)
-#'   adam_step(p, lr = 0.1, mom = 0.9, step = 1, sqr_mom = 0.99,
-#'             grad_avg = st$grad_avg, sqr_avg = st$sqr_avg, eps = 1e-5)
-#'   radam_step(p, lr = 0.1, mom = 0.9, step = 1, sqr_mom = 0.99,
-#'              grad_avg = st$grad_avg, sqr_avg = st$sqr_avg, eps = 1e-5, beta = 0)
-#'   qhadam_step(p, lr = 0.1, mom = 0.999, sqr_mom = 0.999, sqr_avg = st$sqr_avg,
-#'               nu_1 = 0.7, nu_2 = 1, step = 1, grad_avg = st$grad_avg, eps = 1e-8)
-#'   lamb_step(p, lr = 0.1, mom = 0.9, step = 1, sqr_mom = 0.99,
-#'             grad_avg = st$grad_avg, sqr_avg = st$sqr_avg, eps = 1e-5)
-#'   local <- larc_layer_lr(p, lr = 0.1, trust_coeff = 0.02, wd = 0, eps = 1e-8)
-#'   larc_step(p, local_lr = local$local_lr)
-#'   weight_decay$defaults
-#' }
+#' @examplesIf pyfastopt_available()
+#' p <- tst_param(1, 0.1)
+#' sgd_step(p, 1)
+#' p
+#' p <- tst_param(1, 0.1)
+#' weight_decay(p, 1, 0.1)
+#' p
+#' p <- tst_param(1, 0.1)
+#' l2_reg(p, 1, 0.1)
+#' p$grad
+#' p <- tst_param(c(1, 2, 3), c(4, 5, 6))
+#' state <- average_grad(p, mom = 0.9)
+#' state <- average_grad(p, mom = 0.9, grad_avg = state$grad_avg)
+#' state$grad_avg
+#' average_sqr_grad(p, sqr_mom = 0.99)$sqr_avg
+#' momentum_step(p, lr = 0.1, grad_avg = state$grad_avg)
+#' rms_prop_step(p, lr = 0.1, sqr_avg = p$grad^2, eps = 1e-8)
+#' step_stat(p, step = 1)
+#' debias(0.9, 0.1, 1)
+#' st <- list(grad_avg = p$grad * 0.1, sqr_avg = p$grad^2 * 0.01)
+#' adam_step(p, lr = 0.1, mom = 0.9, step = 1, sqr_mom = 0.99,
+#'           grad_avg = st$grad_avg, sqr_avg = st$sqr_avg, eps = 1e-5)
+#' radam_step(p, lr = 0.1, mom = 0.9, step = 1, sqr_mom = 0.99,
+#'            grad_avg = st$grad_avg, sqr_avg = st$sqr_avg, eps = 1e-5, beta = 0)
+#' qhadam_step(p, lr = 0.1, mom = 0.999, sqr_mom = 0.999, sqr_avg = st$sqr_avg,
+#'             nu_1 = 0.7, nu_2 = 1, step = 1, grad_avg = st$grad_avg, eps = 1e-8)
+#' lamb_step(p, lr = 0.1, mom = 0.9, step = 1, sqr_mom = 0.99,
+#'           grad_avg = st$grad_avg, sqr_avg = st$sqr_avg, eps = 1e-5)
+#' local <- larc_layer_lr(p, lr = 0.1, trust_coeff = 0.02, wd = 0, eps = 1e-8)
+#' larc_step(p, local_lr = local$local_lr)
+#' weight_decay$defaults
 NULL
 
 #' @rdname steppers
@@ -209,8 +207,8 @@ lamb_step <- .make_stepper("lamb_step", alist(p = , lr = , mom = , step = , sqr_
 #' @return The Python function.
 #' @importFrom reticulate r_to_py
 #' @export
-#' @examples
-#' if (pyfastopt_available()) reticulate::r_to_py(sgd_step)
+#' @examplesIf pyfastopt_available()
+#' reticulate::r_to_py(sgd_step)
 r_to_py.pyfastopt_stepper <- function(x, convert = FALSE) .stepper_py(x)
 
 #' @export
@@ -228,3 +226,71 @@ print.pyfastopt_stepper <- function(x, ...) {
   if (!reticulate::py_has_attr(f, name)) return(NULL)
   reticulate::py_to_r(reticulate::py_get_attr(f, name))
 }
+
+#' Write a stepper in R
+#'
+#' Any R function `function(p, lr, ..., <state>)` can be a stepper of [Optimizer()]: it gets
+#' the parameter `p` (with `p$data` and `p$grad`), its group's hyper-parameters and its state
+#' by name, updates `p$data` in place with torch's methods (`p$data$add_(p$grad, alpha = -lr)`)
+#' and returns `NULL` or a named list of new state (`list(grad_avg = grad_avg)`). A function
+#' without `...` receives only the arguments it declares. Errors name the stepper (the name it
+#' was given as, or `attr(f, "name")`).
+#'
+#' By default Python calls an R stepper once per parameter and step, which costs one R call
+#' (tens of microseconds) each time. `multi_tensor(f)` declares that `f` works on a whole
+#' bucket of parameters at once, the R counterpart of Python's `@multi_tensor`: then `p$data`,
+#' `p$grad` and tensor state are lists of tensors (`TensorList`s) answering the same in-place
+#' methods (`add_`, `mul_`, `addcmul_`, `lerp_`, `sqrt`, `clone`, `zero_`, ...) with one
+#' `torch._foreach_*` call for the whole list, and a step costs one R call per stepper per
+#' bucket. Only tensor methods may be used then (no `as.numeric(p)`, no per-element R code),
+#' and a new state tensor is made with a method of a list, e.g. `p$grad$clone()$zero_()`.
+#'
+#' @param f An R function `function(p, ...)`.
+#' @param defaults A named list of default hyper-parameters (as a Python stepper's
+#'   `defaults`), or `NULL`.
+#' @return `f`, marked (attributes `multi_tensor`, and `defaults` when given).
+#' @export
+#' @examplesIf pyfastopt_available()
+#' my_average <- multi_tensor(function(p, mom, grad_avg = NULL, ...) {
+#'   if (is.null(grad_avg)) grad_avg <- p$grad$clone()$zero_()
+#'   grad_avg$mul_(mom)$add_(p$grad)
+#'   list(grad_avg = grad_avg)
+#' }, defaults = list(mom = 0.9))
+#' my_step <- multi_tensor(function(p, lr, grad_avg, ...) {
+#'   p$data$add_(grad_avg, alpha = -lr)
+#'   NULL
+#' })
+#' params <- L(lapply(0:3, function(x) tst_param(x)))
+#' opt <- Optimizer(params, list(my_average, my_step), lr = 0.1)
+#' opt$step()
+#' opt$step()
+#' str(params$items)
+multi_tensor <- function(f, defaults = NULL) {
+  if (!is.function(f) || inherits(f, "pyfastopt_stepper"))
+    .arg_error("f", "an R function function(p, ...)", f)
+  if (!is.null(defaults) && !(is.list(defaults) && length(defaults) && !is.null(names(defaults)) &&
+                              all(nzchar(names(defaults)))))
+    .arg_error("defaults", "a named list or NULL", defaults)
+  attr(f, "multi_tensor") <- TRUE
+  if (!is.null(defaults)) attr(f, "defaults") <- defaults
+  f
+}
+
+# `$` on the lists of tensors a multi_tensor() R stepper works on (TensorList, ParamBatch):
+# reticulate's own `$` builds a full R wrapper around every bound method, which costs more than
+# the foreach call itself; this one keeps a method a thin closure over py_call. Attributes
+# (`p$data`, `p$grad`) and results stay Python objects, as a TensorList is one.
+.tensor_list_dollar <- function(x, name) {
+  a <- tryCatch(reticulate::py_get_attr(x, name), error = function(e) .py_error(paste0("$", name), e))
+  if (inherits(a, c("python.builtin.method", "python.builtin.builtin_function_or_method"))) {
+    return(function(...) {
+      res <- reticulate::py_call(a, ...)
+      if (inherits(res, "python.builtin.NoneType")) invisible(NULL) else reticulate::py_to_r(res)
+    })
+  }
+  reticulate::py_to_r(a)
+}
+
+#' @rawNamespace S3method("$", pyfastopt.tensor_list.TensorList, .tensor_list_dollar)
+#' @rawNamespace S3method("$", pyfastopt.tensor_list.ParamBatch, .tensor_list_dollar)
+NULL

@@ -13,12 +13,10 @@
 #'   such as `dtype = torch$float64`.
 #' @return A Python `torch.Tensor`.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   tensor(1.)
-#'   tensor(c(1, 2, 3))
-#'   tensor(matrix(1:6, 2))
-#' }
+#' @examplesIf pyfastopt_available()
+#' tensor(1.)
+#' tensor(c(1, 2, 3))
+#' tensor(matrix(1:6, 2))
 tensor <- function(x, ...) {
   if (missing(x) || is.null(x)) .arg_error("x", "numbers, a list, a matrix or a tensor", if (missing(x)) NULL else x)
   if (!(is.numeric(x) || is.logical(x) || is.list(x) || is.data.frame(x) ||
@@ -38,8 +36,8 @@ tensor <- function(x, ...) {
 #' @param tensor A torch tensor, or numbers (made into a tensor first).
 #' @return A `float32` torch tensor.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) float(tensor(1:3))
+#' @examplesIf pyfastopt_available()
+#' float(tensor(1:3))
 float <- function(tensor) {
   if (!.is_tensor(tensor)) {
     if (is.numeric(tensor) || is.logical(tensor)) tensor <- pyfastopt::tensor(tensor)
@@ -58,11 +56,9 @@ float <- function(tensor) {
 #' @param grad The gradient, shaped like `val`; `NULL` for `val / 10`.
 #' @return A torch tensor with `$grad` set.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) {
-#'   p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
-#'   p$grad
-#' }
+#' @examplesIf pyfastopt_available()
+#' p <- tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3))
+#' p$grad
 tst_param <- function(val, grad = NULL) {
   if (missing(val) || !(is.numeric(val) || is.list(val) || .is_tensor(val)))
     .arg_error("val", "numbers or a tensor", if (missing(val)) NULL else val)
@@ -105,15 +101,13 @@ tst_param <- function(val, grad = NULL) {
 #' @param na.rm Unused (tensors have no `NA`).
 #' @return A torch tensor.
 #' @name tensor-ops
-#' @examples
-#' if (pyfastopt_available()) {
-#'   p <- tensor(c(1, 2, 3))
-#'   p - p * 0.5
-#'   0.5 * p
-#'   -p
-#'   sqrt(p)
-#'   p > 1.5
-#' }
+#' @examplesIf pyfastopt_available()
+#' p <- tensor(c(1, 2, 3))
+#' p - p * 0.5
+#' 0.5 * p
+#' -p
+#' sqrt(p)
+#' p > 1.5
 NULL
 
 #' @rdname tensor-ops
@@ -180,13 +174,11 @@ mean.torch.Tensor <- function(x, ...) x$mean()
 #' @return `print` and `str` return their argument invisibly; the conversions
 #'   return R vectors or arrays.
 #' @name tensor-print
-#' @examples
-#' if (pyfastopt_available()) {
-#'   t <- tensor(c(0.5, 1.5))
-#'   print(t)
-#'   str(list(t))
-#'   as.numeric(t)
-#' }
+#' @examplesIf pyfastopt_available()
+#' t <- tensor(c(0.5, 1.5))
+#' print(t)
+#' str(list(t))
+#' as.numeric(t)
 NULL
 
 #' @rdname tensor-print
@@ -243,4 +235,67 @@ dim.torch.Tensor <- function(x) {
 #' @export
 length.torch.Tensor <- function(x) {
   as.integer(.r_value(x$numel()))
+}
+
+#' @rdname tensor-print
+#' @export
+as.matrix.torch.Tensor <- function(x, ...) {
+  shape <- .tensor_shape(x)
+  if (length(shape) == 2) return(as.array(x))
+  if (length(shape) <= 1) return(matrix(.tensor_values(x), ncol = 1))
+  stop(sprintf("as.matrix(): the tensor has %d dimensions; use as.array() for an R array",
+               length(shape)), call. = FALSE)
+}
+
+#' Index a torch tensor (0-based, as in Python)
+#'
+#' `t[i]`, `t[i, j]`, ... index a tensor as Python's `t[i, j]` does, **0-based**: `t[0]` is
+#' the first element (or row), `m[1, 2]` the second row's third value, and a missing index
+#' takes the whole dimension (`m[, 0]` is the first column). An index may be a whole number
+#' (negative counts from the end) or a vector of them. The result is a tensor; an index out of
+#' range is an error that says which are valid. For R's 1-based indexing, copy the values into
+#' R first: `as.array(t)[i, j]`, `as.matrix(m)[i, j]`, `as.numeric(t)[i]`.
+#'
+#' @param x A torch tensor.
+#' @param i,j,... Indices, one per dimension (0-based).
+#' @param drop Unused (Python's indexing decides the result's shape).
+#' @return A torch tensor.
+#' @name tensor-index
+#' @examplesIf pyfastopt_available()
+#' m <- tensor(matrix(1:6, 2))
+#' m
+#' m[1, 2]
+#' m[, 0]
+#' as.matrix(m)[2, 3]
+NULL
+
+#' @rdname tensor-index
+#' @export
+`[.torch.Tensor` <- function(x, i, j, ..., drop = TRUE) {
+  n_idx <- nargs() - 1L - !missing(drop)
+  shape <- .tensor_shape(x)
+  idx <- list()
+  if (n_idx >= 1) idx[[1]] <- if (missing(i)) NULL else i
+  if (n_idx >= 2) idx[[2]] <- if (missing(j)) NULL else j
+  if (n_idx >= 3) idx <- c(idx, list(...))
+  if (length(idx) > length(shape))
+    stop(sprintf("the tensor has %d dimension%s, got %d indices", length(shape),
+                 if (length(shape) == 1) "" else "s", length(idx)), call. = FALSE)
+  py_idx <- lapply(seq_along(idx), function(d) .tensor_dim_index(idx[[d]], shape[d], d))
+  key <- if (length(py_idx) == 1) py_idx[[1]] else reticulate::tuple(py_idx)
+  tryCatch(reticulate::py_get_item(x, key), error = function(e) .py_error("tensor[i]", e))
+}
+
+.tensor_dim_index <- function(i, n, d) {
+  if (is.null(i)) return(reticulate::py_eval("slice(None)", convert = FALSE))
+  if (inherits(i, "python.builtin.object")) return(i)
+  valid <- sprintf("0-based, valid: 0..%d", n - 1)
+  if (is.factor(i) || !is.numeric(i) || length(i) == 0 || anyNA(i) || any(i != round(i)))
+    .arg_error(if (d == 1) "i" else if (d == 2) "j" else paste0("index ", d),
+               sprintf("whole numbers (%s)", valid), i)
+  bad <- i[i >= n | i < -n]
+  if (length(bad))
+    stop(sprintf("index %s is out of range for dimension %d of size %d (tensor indexing is %s; for R's 1-based indexing use as.array(t)[...])",
+                 format(bad[1]), d, n, valid), call. = FALSE)
+  if (length(i) == 1) as.integer(i) else as.list(as.integer(i))
 }

@@ -5,6 +5,9 @@
   if (is.null(x)) return("NULL")
   if (inherits(x, "python.builtin.object")) return(paste0("a Python ", class(x)[1]))
   if (is.function(x)) return("a function")
+  if (is.factor(x)) return(sprintf("a factor of length %d", length(x)))
+  if (is.character(x) && length(x) == 1 && !is.na(x) && nchar(x, type = "bytes") > 60)
+    return(sprintf("a string of %d characters", nchar(x, type = "bytes")))
   if (is.atomic(x) && length(x) == 1) return(paste0(deparse(x), collapse = ""))
   paste0("a ", class(x)[1], " of length ", length(x))
 }
@@ -47,7 +50,9 @@
 # Call a Python callable with R arguments; a Python exception becomes an R
 # error whose message starts with `where` and carries the Python message.
 .call_py <- function(where, f, args) {
-  tryCatch(do.call(f, args), error = function(e) .py_error(where, e))
+  res <- tryCatch(do.call(f, args), error = function(e) .py_error(where, e))
+  .flush_warnings()
+  res
 }
 
 # R data for torch: a length-1 vector stays a scalar, a longer vector becomes a
@@ -85,17 +90,51 @@
   .arg_error("params", "a tensor, a list of tensors or a list of parameter groups", params)
 }
 
-# Callbacks (steppers) for Optimizer(): exported steppers become the Python
-# functions themselves; other Python callables pass through.
-.cbs <- function(cbs) {
-  one <- function(f) {
+# Callbacks (steppers) for Optimizer(): exported steppers become the Python functions
+# themselves; other Python callables pass through; an R function becomes a Python stepper
+# (pyfastopt.r_bridge.r_stepper) that names it in its errors, and runs once per bucket when
+# marked with multi_tensor(). `exprs` are the expressions the steppers were given as, for names.
+.cbs <- function(cbs, exprs = NULL) {
+  one <- function(f, expr, k) {
     if (inherits(f, "pyfastopt_stepper")) return(.stepper_py(f))
     if (inherits(f, "python.builtin.object")) return(f)
-    if (is.function(f)) return(f)   # an R stepper: reticulate wraps it (slow, see ?Optimizer)
+    if (is.function(f)) return(.r_stepper(f, .stepper_name(f, expr, k)))
     .arg_error("cbs", "a stepper function or a list of them", f)
   }
   if (is.null(cbs)) return(list())
-  if (is.function(cbs) || inherits(cbs, "python.builtin.object")) return(list(one(cbs)))
-  if (is.list(cbs)) return(unname(lapply(cbs, one)))
+  if (is.function(cbs) || inherits(cbs, "python.builtin.object")) return(list(one(cbs, exprs, 1L)))
+  if (is.list(cbs)) {
+    if (!is.null(exprs) && is.call(exprs) && identical(exprs[[1]], as.name("list")) &&
+        length(exprs) == length(cbs) + 1L) {
+      exprs <- as.list(exprs)[-1]
+    } else {
+      exprs <- vector("list", length(cbs))
+    }
+    return(unname(Map(one, cbs, exprs, seq_along(cbs))))
+  }
   .arg_error("cbs", "a stepper function or a list of them", cbs)
+}
+
+.stepper_name <- function(f, expr, k) {
+  nm <- attr(f, "name", exact = TRUE)
+  if (is.character(nm) && length(nm) == 1) return(nm)
+  if (is.name(expr)) return(as.character(expr))
+  sprintf("R stepper %d", k)
+}
+
+.r_stepper <- function(f, name) {
+  fmls <- names(formals(f))
+  if (!length(fmls) || identical(fmls[1], "..."))
+    stop(sprintf("R stepper '%s': its first argument must be the parameter, e.g. function(p, lr, ...)", name),
+         call. = FALSE)
+  # without `...`, Python passes only the arguments the function declares
+  arg_names <- if ("..." %in% fmls) NULL else as.list(fmls[-1])
+  defaults <- attr(f, "defaults", exact = TRUE)
+  if (!is.null(defaults) && !(is.list(defaults) && !is.null(names(defaults))))
+    stop(sprintf("R stepper '%s': attr(, \"defaults\") must be a named list", name), call. = FALSE)
+  bare <- f
+  attributes(bare) <- NULL
+  reticulate::py_call(reticulate::py_get_attr(.bridge(), "r_stepper"), bare, name,
+                      multi_tensor = isTRUE(attr(f, "multi_tensor", exact = TRUE)),
+                      defaults = defaults, arg_names = arg_names)
 }

@@ -10,6 +10,8 @@
   .pkg$pyfastopt <- reticulate::import("pyfastopt", delay_load = TRUE)
   .pkg$torch <- reticulate::import("torch", delay_load = TRUE)
   .pkg$operator <- reticulate::import("operator", delay_load = TRUE)
+  .pkg$bridge <- reticulate::import("pyfastopt.r_bridge", delay_load = TRUE)
+  .pkg$warnings <- list()   # Python warnings not yet re-raised in R (see .flush_warnings())
   invisible()
 }
 
@@ -49,8 +51,33 @@
   }
   .register_py_classes()
   .pkg$under_rpy2 <- .rpy2_exit_fix()
+  # R as the main program: Python's warnings come back as R warnings. (Under rpy2 the host
+  # Python shows its warnings itself.)
+  if (!isTRUE(.pkg$under_rpy2)) .route_py_warnings()
   .pkg$ready <- TRUE
   .pkg$pyfastopt
+}
+
+# Python calls this R function for each warning it would show; it only queues the warning
+# (signalling an R condition from inside a Python call could unwind through Python's frames).
+# The wrappers re-raise the queue once their Python call has returned.
+.route_py_warnings <- function() {
+  collect <- function(message, category) {
+    .pkg$warnings[[length(.pkg$warnings) + 1L]] <- paste0(category, ": ", message)
+    NULL
+  }
+  .pkg$warning_hook <- reticulate::r_to_py(collect)   # kept, so Python's reference stays valid
+  reticulate::py_call(reticulate::py_get_attr(.pkg$bridge, "route_warnings"), .pkg$warning_hook)
+  invisible()
+}
+
+# Re-raise queued Python warnings as R warnings (catchable, and shown by knitr).
+.flush_warnings <- function() {
+  if (!length(.pkg$warnings)) return(invisible())
+  pending <- .pkg$warnings
+  .pkg$warnings <- list()
+  for (w in pending) warning(w, call. = FALSE)
+  invisible()
 }
 
 
@@ -92,6 +119,15 @@
   .pkg$L_class <- cls
   opt_cls <- .r_class_of(reticulate::py_get_attr(.pkg$pyfastopt, "Optimizer"))
   registerS3method("$", opt_cls, get("$.pyfastopt_optimizer", envir = ns), envir = ns)
+  # the lists of tensors multi_tensor() R steppers see, wherever the engine defines them (the
+  # optimizer module imports them)
+  engine <- tryCatch(reticulate::import("pyfastopt.optimizer", convert = FALSE), error = function(e) NULL)
+  for (nm in c("TensorList", "ParamBatch")) {
+    if (!is.null(engine) && reticulate::py_has_attr(engine, nm)) {
+      registerS3method("$", .r_class_of(reticulate::py_get_attr(engine, nm)),
+                       get(".tensor_list_dollar", envir = ns), envir = ns)
+    }
+  }
   invisible(cls)
 }
 
@@ -104,8 +140,8 @@
 #'
 #' @return `TRUE` or `FALSE`.
 #' @export
-#' @examples
-#' if (pyfastopt_available()) tensor(1)
+#' @examplesIf pyfastopt_available()
+#' tensor(1)
 pyfastopt_available <- function() {
   isTRUE(tryCatch({ .pf(); TRUE }, error = function(e) FALSE))
 }

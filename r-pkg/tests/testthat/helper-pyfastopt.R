@@ -43,3 +43,6 @@ run_rscript <- function(code, env = character()) {
 }
 
 `%||%` <- function(a, b) if (is.null(a)) b else a
+
+# Python's repr of an object (e.g. opt$hypers, which prints as an R list)
+pyrepr <- function(x) reticulate::py_repr(x)

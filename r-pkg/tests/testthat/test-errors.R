@@ -27,6 +27,6 @@ test_that("bad hyper-parameters give R errors that name the argument", {
   expect_error(OptimWrapper(), "`params` must be given")
   expect_error(OptimWrapper(params, opt = "SGD"), "`opt` must be")
   opt <- SGD(params, lr = 0.1)
-  expect_error(opt$freeze_to(0.5), "n must be an integer, got 0.5")
+  expect_error(opt$freeze_to(0.5), "`n` must be a whole number, got 0.5")
   expect_error(opt$set_hyper("lr", -1), "lr must be")
 })
