@@ -121,7 +121,7 @@ NULL
 # The factories exported to R: each is `function(params, ...)` calling the Python factory of
 # that name, so its hyper-parameters and defaults live only in Python. Adding a Python factory
 # to R is adding its name here.
-.factory_names <- c("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "ranger")
+.factory_names <- c("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "ranger", "Lion")
 
 .make_factory <- function(name) {
   f <- function(params, ...) NULL

@@ -59,6 +59,8 @@
 #'   [Adam()], [RAdam()], [QHAdam()] and [Lamb()].
 #' * `larc_layer_lr`, `larc_step`: the layer-wise learning rate and step of
 #'   [Larc()].
+#' * `lion_step`: [Lion()]'s step, `p <- p - lr * sign(mom * grad_avg + (1 - mom) * grad)`, then
+#'   `grad_avg <- sqr_mom * grad_avg + (1 - sqr_mom) * grad`.
 #'
 #' @param p A tensor whose `grad` is set (see [tst_param()]).
 #' @param lr Learning rate.
@@ -196,6 +198,12 @@ larc_step <- .make_stepper("larc_step", alist(p = , local_lr = , grad_avg = NULL
 #' @export
 lamb_step <- .make_stepper("lamb_step", alist(p = , lr = , mom = , step = , sqr_mom = ,
                                               grad_avg = , sqr_avg = , eps = , ... = ))
+
+#' @rdname steppers
+#' @usage lion_step(p, lr, mom, sqr_mom, grad_avg = NULL, ...)
+#' @export
+lion_step <- .make_stepper("lion_step", alist(p = , lr = , mom = , sqr_mom = , grad_avg = NULL,
+                                              ... = ))
 
 #' Convert a stepper to Python
 #'

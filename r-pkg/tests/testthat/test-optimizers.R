@@ -156,6 +156,21 @@ test_that("Adam, RAdam, QHAdam, Lamb", {
   expect_equal(vals(p), c(0.58779693, 1.58777618, 2.58776951), tolerance = 1e-6)
 })
 
+test_that("Lion: sign of the interpolated momentum, decoupled decay, Python's defaults", {
+  skip_if_no_pyfastopt()
+  params <- params4()                   # values 0..3, grads a tenth of them
+  opt <- Lion(params, lr = 0.1)
+  # the defaults come from Python: mom 0.9, sqr_mom 0.99, wd 0.1
+  expect_equal(pyrepr(opt$hypers), "[{'wd': 0.1, 'lr': 0.1, 'mom': 0.9, 'sqr_mom': 0.99}]")
+  opt$step()
+  # p * (1 - lr * wd) - lr * sign(0.1 * g); a zero grad has sign 0
+  expect_equal(sapply(params$items, vals), c(0, 0.89, 1.88, 2.87), tolerance = 1e-6)
+  # grad_avg = (1 - sqr_mom) * g
+  st <- opt$state_dict()
+  expect_equal(vals(reticulate::py_get_item(reticulate::py_get_item(st, "state"), 3L)$grad_avg),
+               0.003, tolerance = 1e-6)
+})
+
 test_that("Larc local_lr: a tensor when not clipped, lr (a number) when clipped", {
   skip_if_no_pyfastopt()
   params <- list(tst_param(c(1:3), c(0.1, 0.2, 0.3)), tst_param(c(1:3), c(0.01, 0.02, 0.03)))
