@@ -3,14 +3,13 @@ processes on CPU): every optimizer, Lookahead and ranger included, steps them wi
 settings and ends where a single process training the unsharded model ends (1e-5)."""
 import os
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import pyfastopt as po
+from dist_helpers import run_ranks, train_steps
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
                                 reason="no torch.distributed")
@@ -45,13 +44,6 @@ def _data():
     return torch.randn(8, 7, generator=g), torch.randn(8, 3, generator=g)
 
 
-def _train(model, opt, x, y):
-    for _ in range(STEPS):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-
-
 def _worker(rank, world, init_file, out_dir):
     from torch.distributed.fsdp import fully_shard
     torch.set_num_threads(1)
@@ -69,7 +61,7 @@ def _worker(rank, world, init_file, out_dir):
             fully_shard(model)
             assert all(type(p).__name__ == "DTensor" for p in model.parameters())
             opt = make(list(model.parameters()))
-            _train(model, opt, xs, ys)
+            train_steps(model, opt, xs, ys, STEPS)
             out[name] = [p.full_tensor().detach() for p in model.parameters()]
         if rank == 0:
             torch.save(out, os.path.join(out_dir, "fsdp.pt"))
@@ -81,14 +73,7 @@ def _worker(rank, world, init_file, out_dir):
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
     d = tmp_path_factory.mktemp("fsdp")
-    ctx = mp.start_processes(_worker, args=(2, str(d / "init"), str(d)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=5):          # raises if a worker failed
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the FSDP workers did not finish in 300 s")
+    run_ranks(_worker, d, "FSDP")
     return torch.load(d / "fsdp.pt")
 
 
@@ -98,6 +83,6 @@ def test_fsdp2_matches_one_process(fsdp_results, name):
     assert len(list(model.parameters())) >= 8
     opt = OPTS[name](list(model.parameters()))
     x, y = _data()
-    _train(model, opt, x, y)     # equal shards + mean loss: FSDP's averaged grad = full batch
+    train_steps(model, opt, x, y, STEPS)     # equal shards + mean loss: FSDP's averaged grad = full batch
     for got, want in zip(fsdp_results[name], model.parameters()):
         torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)

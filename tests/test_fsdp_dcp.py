@@ -3,14 +3,13 @@
 the resumed run equals the uninterrupted one bit for bit."""
 import os
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import pyfastopt as po
+from dist_helpers import run_ranks, train_steps
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
                                 reason="no torch.distributed")
@@ -39,13 +38,6 @@ def _sharded():
     return model
 
 
-def _steps(model, opt, x, y, n):
-    for _ in range(n):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-
-
 def _worker(rank, world, init_file, out_dir):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
@@ -61,10 +53,10 @@ def _worker(rank, world, init_file, out_dir):
         for name, make in OPTS.items():
             m1 = _sharded()
             o1 = make(list(m1.parameters()))
-            _steps(m1, o1, xs, ys, BEFORE + AFTER)
+            train_steps(m1, o1, xs, ys, BEFORE + AFTER)
             m2 = _sharded()
             o2 = make(list(m2.parameters()))
-            _steps(m2, o2, xs, ys, BEFORE)
+            train_steps(m2, o2, xs, ys, BEFORE)
             ckpt = os.path.join(out_dir, name)
             dcp.save({"model": m2.state_dict(), "optim": get_optimizer_state_dict(m2, o2)},
                      checkpoint_id=ckpt)
@@ -74,7 +66,7 @@ def _worker(rank, world, init_file, out_dir):
             dcp.load(target, checkpoint_id=ckpt)
             m3.load_state_dict(target["model"])
             set_optimizer_state_dict(m3, o3, target["optim"])
-            _steps(m3, o3, xs, ys, AFTER)
+            train_steps(m3, o3, xs, ys, AFTER)
             out[name] = all(torch.equal(a.full_tensor(), b.full_tensor())
                             for a, b in zip(m1.parameters(), m3.parameters()))
         torch.save(out, os.path.join(out_dir, f"{rank}.pt"))
@@ -86,14 +78,7 @@ def _worker(rank, world, init_file, out_dir):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     d = tmp_path_factory.mktemp("fsdp_dcp")
-    ctx = mp.start_processes(_worker, args=(2, str(d / "init"), str(d)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the FSDP + DCP workers did not finish in 300 s")
+    run_ranks(_worker, d, "FSDP + DCP")
     return [torch.load(d / f"{r}.pt") for r in range(2)]
 
 

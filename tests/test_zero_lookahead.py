@@ -3,14 +3,13 @@ saved and loaded into a fresh one, the run resumes exactly where the uninterrupt
 Lookahead's count and slow weights travel in each param's state entry. 2 gloo processes, CPU."""
 import os
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import pyfastopt as po
+from dist_helpers import run_ranks, train_steps
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
                                 reason="no torch.distributed")
@@ -28,13 +27,6 @@ def _zero(model):
     return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=po.ranger, lr=1e-2, k=3)
 
 
-def _steps(ddp, opt, xs, ys, n):
-    for _ in range(n):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(ddp(xs), ys).backward()
-        opt.step()
-
-
 def _worker(rank, world, init_file, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -47,11 +39,11 @@ def _worker(rank, world, init_file, out_dir):
         m1 = _model()
         d1 = DDP(m1)
         o1 = _zero(d1)
-        _steps(d1, o1, xs, ys, BEFORE + AFTER)               # uninterrupted
+        train_steps(d1, o1, xs, ys, BEFORE + AFTER)               # uninterrupted
         m2 = _model()
         d2 = DDP(m2)
         o2 = _zero(d2)
-        _steps(d2, o2, xs, ys, BEFORE)
+        train_steps(d2, o2, xs, ys, BEFORE)
         o2.consolidate_state_dict(to=0)
         path = os.path.join(out_dir, "ckpt.pt")
         if rank == 0:
@@ -63,7 +55,7 @@ def _worker(rank, world, init_file, out_dir):
         d3 = DDP(m3)
         o3 = _zero(d3)
         o3.load_state_dict(ck["opt"])
-        _steps(d3, o3, xs, ys, AFTER)
+        train_steps(d3, o3, xs, ys, AFTER)
         torch.save({"uninterrupted": [p.detach() for p in m1.parameters()],
                     "resumed": [p.detach() for p in m3.parameters()]},
                    os.path.join(out_dir, f"{rank}.pt"))
@@ -73,14 +65,7 @@ def _worker(rank, world, init_file, out_dir):
 
 
 def test_zero_with_ranger_resumes_bit_for_bit(tmp_path):
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the ZeRO workers did not finish in 300 s")
+    run_ranks(_worker, tmp_path, "ZeRO")
     for r in range(2):
         out = torch.load(tmp_path / f"{r}.pt")
         for a, b in zip(out["resumed"], out["uninterrupted"]):
