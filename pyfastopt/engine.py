@@ -40,13 +40,14 @@ _MISSING = object()
 
 class Plan:
     "The buckets of one step, and the params, grads, steppers and knobs they were built from."
-    __slots__ = ("params", "grads", "gmeta", "gptrs", "buckets", "cbs", "fused", "flatten",
-                 "threads", "native", "stepped", "written")
+    __slots__ = ("params", "grads", "gmeta", "gptrs", "regrad", "buckets", "cbs", "fused",
+                 "flatten", "threads", "native", "stepped", "written")
 
     def __init__(self, cbs, fused, flatten, threads, native_on):
         self.params, self.grads, self.buckets, self.cbs = [], [], [], list(cbs)
         self.gmeta = None           # what the buckets' choices read of the grads (`grad_meta`)
         self.gptrs = None           # the grads' data pointers at the last full check
+        self.regrad = False         # this step's grads were just re-pointed (`regrad`)
         self.fused, self.flatten, self.threads, self.native = fused, flatten, threads, native_on
         self.stepped = False        # the buckets hold state newer than the params' dicts
         self.written = None         # what `state` readers were shown: (param, dict, items)
@@ -149,16 +150,15 @@ _get_grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
 
 
-def _not_none(x):
-    return x is not None
-
-
 def grad_ptrs(grads):
     "The data pointers of the grads (per group lists, None skipped), or None for a sparse one."
+    flat = list(itertools.chain.from_iterable(grads))
     try:
-        return list(map(_data_ptr, filter(_not_none, itertools.chain.from_iterable(grads))))
+        return list(map(_data_ptr, compress(flat, map(operator.is_not, flat, repeat(None)))))
     except (RuntimeError, NotImplementedError):
         return None
+
+
 _get_dtype = operator.attrgetter("dtype")
 _NoneType = type(None)
 
@@ -272,6 +272,9 @@ class Engine:
         one may have got another storage (`p.grad.data = ...`, of any shape): one data-pointer
         pass, and the full check (`check_grads`, which raises) when a pointer moved, before
         anything moves. A sparse grad has no data pointer: the full check reports it."""
+        if plan.regrad:                 # new grads, re-pointed and their storage taken this step
+            plan.regrad = False
+            return
         ptrs = grad_ptrs(plan.grads)
         if ptrs is None or ptrs != plan.gptrs:
             check_grads(self.opt.param_lists)
@@ -323,7 +326,12 @@ class Engine:
             regrad = getattr(b.kernel, "regrad", None)
             if regrad is not None and not regrad(b):
                 return False
-        plan.grads, plan.gmeta = new_grads, meta
+        # new grad tensors got torch's checks when set (`p.grad = g` refuses another shape, dtype
+        # or device; autograd makes grads like their params) and the plan's (meta): their
+        # storage is the baseline for `_check_grad_storage` (a `.data` swap of an old grad in
+        # the same step as new grads for others is not seen)
+        plan.grads, plan.gmeta, plan.gptrs = new_grads, meta, grad_ptrs(new_grads)
+        plan.regrad = True
         return True
 
     def build(self, for_flatten=False):
