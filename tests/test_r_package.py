@@ -172,4 +172,8 @@ def test_pyproject_builds_without_warnings(tmp_path):
     wheel = next((tmp_path / "wheels").glob("pyfastopt-*.whl"))
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    assert "pyfastopt/csrc/pyfastopt_kernels.c" in names and "pyfastopt/r_bridge.py" in names
+    # every file of the package is in the wheel: subpackages, the C source and its header
+    want = {str(f.relative_to(ROOT)) for f in (ROOT / "pyfastopt").rglob("*")
+            if f.is_file() and "__pycache__" not in f.parts}
+    assert want - set(names) == set(), sorted(want - set(names))
+    assert {"pyfastopt/csrc/pyfastopt_kernels.h", "pyfastopt/optimizers/lion.py"} <= set(names)

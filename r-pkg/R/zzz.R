@@ -119,9 +119,8 @@
   .pkg$L_class <- cls
   opt_cls <- .r_class_of(reticulate::py_get_attr(.pkg$pyfastopt, "Optimizer"))
   registerS3method("$", opt_cls, get("$.pyfastopt_optimizer", envir = ns), envir = ns)
-  # the lists of tensors multi_tensor() R steppers see, wherever the engine defines them (the
-  # optimizer module imports them)
-  engine <- tryCatch(reticulate::import("pyfastopt.optimizer", convert = FALSE), error = function(e) NULL)
+  # the lists of tensors multi_tensor() R steppers see (pyfastopt.tensor_list)
+  engine <- tryCatch(reticulate::import("pyfastopt.tensor_list", convert = FALSE), error = function(e) NULL)
   for (nm in c("TensorList", "ParamBatch")) {
     if (!is.null(engine) && reticulate::py_has_attr(engine, nm)) {
       registerS3method("$", .r_class_of(reticulate::py_get_attr(engine, nm)),

@@ -8,7 +8,9 @@ src=..
 [ -f "$src/pyproject.toml" ] && [ -f "$src/pyfastopt/__init__.py" ] || exit 0
 dest=inst/python
 rm -rf "$dest"
-mkdir -p "$dest/pyfastopt/csrc"
+mkdir -p "$dest"
 cp "$src/pyproject.toml" "$src/README.md" "$dest/"
-cp "$src"/pyfastopt/*.py "$dest/pyfastopt/"
-cp "$src"/pyfastopt/csrc/*.c "$dest/pyfastopt/csrc/"
+# the whole package (subpackages such as pyfastopt/optimizers, the C source and header), without
+# byte-code caches
+cp -R "$src/pyfastopt" "$dest/"
+find "$dest/pyfastopt" -name __pycache__ -type d -prune -exec rm -rf {} +
