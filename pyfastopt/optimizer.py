@@ -581,6 +581,9 @@ class Optimizer(_BaseOptimizer):
         return self._engine.flatten_params()
 
     # ---- grads and state -----------------------------------------------------------------------
+    # under torch.compile, zeroing in place is traced as a mutation of graph inputs (the grads),
+    # which costs more than the eager `_foreach_zero_` (bench/bench_compile.py): run it eagerly
+    @torch.compiler.disable
     def zero_grad(self, set_to_none=False):
         "Zero the grads in place (fastai's behaviour), or set them to None."
         if set_to_none:

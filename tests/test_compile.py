@@ -67,3 +67,29 @@ def test_inductor_train_step():
     got = _run(OPTS["Adam"], "train_step", backend="inductor")
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_grad_is_not_traced():
+    # traced, zeroing the grads in place makes them mutated graph inputs, which costs more than
+    # the eager `_foreach_zero_` (bench/bench_compile.py); the grads are still zeroed
+    graphs = []
+
+    def recording(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = po.Adam(list(model.parameters()), lr=1e-2)
+    x = torch.randn(2, 4)
+
+    @torch.compile(backend=recording)
+    def zero_then_forward():
+        opt.zero_grad()
+        return model(x).sum()
+
+    model(x).sum().backward()
+    zero_then_forward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+    traced = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert traced and not any("zero" in t for t in traced), traced
