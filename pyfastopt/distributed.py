@@ -2,7 +2,9 @@
 (`torch.distributed.fsdp.fully_shard`) — with the same stepper code.
 
 Every element-wise stepper runs on DTensors as it is (torch has sharding strategies for the
-`_foreach_*` ops). What needs help is per-tensor scalars: LARC's and LAMB's norms. A DTensor norm
+`_foreach_*` ops); where the operands are laid out alike, `TensorList` runs the op on the local
+shards instead (`on_shards`: DTensor's answer without its dispatch per tensor). What needs help
+is per-tensor scalars: LARC's and LAMB's norms. A DTensor norm
 is one reduction across the shards *per tensor*; `global_norms` computes the norms of a whole list
 with one local `_foreach_norm` and one `all_reduce` per device mesh, and gives them as plain 0-d
 tensors (the same value on every rank), so the scalar math after it is plain tensor math.
@@ -12,11 +14,13 @@ tensors (the same value on every rank), so the scalar math after it is plain ten
 over: state keyed through `param_groups[g]['params']` (parameter names) rather than 0..n-1.
 """
 import contextlib
+import numbers
 import sys
 
 import torch
 
-__all__ = ["dtensor_type", "is_dtensor", "global_norms", "replicating", "local_op", "by_position"]
+__all__ = ["dtensor_type", "is_dtensor", "global_norms", "shard_norms", "replicating", "on_shards",
+           "as_dtensors", "same_sharding", "shardwise", "by_position"]
 
 
 def dtensor_type():
@@ -33,26 +37,42 @@ def is_dtensor(t):
 def global_norms(ts):
     """The L2 norm of each DTensor of `ts` over all its shards, as plain 0-d tensors (replicated:
     equal on every rank), or None where a placement is not Shard/Replicate (then the caller uses
-    DTensor's own ops). One `_foreach_norm` of the local shards and one `all_reduce` per mesh
-    dimension the tensors are sharded over, for the whole list."""
+    DTensor's own ops). See `shard_norms`."""
     DTensor = dtensor_type()
     if DTensor is None or not ts or not all(isinstance(t, DTensor) for t in ts):
         return None
+    specs = [t._spec for t in ts]
+    if not all(map(shardwise, specs)):
+        return None
+    # without autograd, the shards themselves (`to_local()` costs a dispatch per tensor)
+    grad = torch.is_grad_enabled()
+    return shard_norms([t.to_local() if grad else t._local_tensor for t in ts], specs)
+
+
+def shard_norms(local, specs, divisors=None):
+    """The L2 norm of each whole tensor whose local shard is `local[i]`, laid out by DTensor spec
+    `specs[i]` (Shard/Replicate placements), as plain 0-d tensors equal on every rank: one
+    `_foreach_norm` of the shards and one `all_reduce` of their squares per mesh dimension they
+    are sharded over, for the whole list (a DTensor norm would be one reduction per tensor).
+    With `divisors`, each norm divided by its divisor (as `_foreach_div` would, on one tensor)."""
     import torch.distributed as dist
-    groups = {}
-    for i, t in enumerate(ts):
-        pls = t.placements
-        if any(not (pl.is_shard() or pl.is_replicate()) for pl in pls):
-            return None
-        key = (id(t.device_mesh), tuple(d for d, pl in enumerate(pls) if pl.is_shard()))
-        groups.setdefault(key, (t.device_mesh, []))[1].append(i)
-    out = [None] * len(ts)
-    for (_, dims), (mesh, idx) in groups.items():
-        local = torch._foreach_norm([ts[i].to_local() for i in idx])
-        sq = torch.stack(local).square_()
-        for d in dims:
-            dist.all_reduce(sq, group=mesh.get_group(d))
-        for i, v in zip(idx, sq.sqrt_().unbind(0)):
+    s0 = specs[0]
+    if all(s.mesh is s0.mesh and s.placements == s0.placements for s in specs):
+        groups = {None: (s0, range(len(specs)))}       # the usual case: one layout for all
+    else:
+        groups = {}
+        for i, spec in enumerate(specs):
+            groups.setdefault((id(spec.mesh), spec.placements), (spec, []))[1].append(i)
+    out = [None] * len(local)
+    for spec, idx in groups.values():
+        sq = torch.stack(torch._foreach_norm([local[i] for i in idx])).square_()
+        for d, pl in enumerate(spec.placements):
+            if pl.is_shard():
+                dist.all_reduce(sq, group=spec.mesh.get_group(d))
+        res = sq.sqrt_()
+        if divisors is not None:
+            res.div_(torch.tensor([divisors[i] for i in idx], dtype=res.dtype, device=res.device))
+        for i, v in zip(idx, res.unbind(0)):
             out[i] = v
     return out
 
@@ -76,21 +96,66 @@ def replicating():
         disp._allow_implicit_replication = old
 
 
-def local_op(f, ts, scalars, kw):
-    """`f(ts, scalars, **kw)` for a `_foreach_*` op `f` of DTensors `ts` and per-tensor plain 0-d
-    tensors `scalars` (equal on every rank): an element-wise op with replicated scalars, so it is
-    run on the local shards, without DTensor's dispatch per tensor. Results of an out-of-place op
-    get the inputs' sharding. None where the DTensors' internals are not as expected."""
+def shardwise(spec):
+    "Element-wise math on the local shards is DTensor's answer for Shard/Replicate placements."
+    return all(pl.is_shard() or pl.is_replicate() for pl in spec.placements)
+
+
+def same_sharding(o, t, spec):
+    "Is DTensor `o` laid out as `t` (whose spec is `spec`): placements, mesh, shape and dtype?"
+    os_ = o._spec
+    return os_ is spec or (os_.placements == spec.placements and os_.mesh == spec.mesh
+                           and o.shape == t.shape and o.dtype == t.dtype)
+
+
+def on_shards(ts, operands, kw):
+    """The local shards of the DTensors `ts`, the operands of an element-wise `_foreach_*` op
+    with them made local, and `ts`' specs; None where the op must go through DTensor's dispatch.
+
+    DTensor dispatches a `_foreach_*` op tensor by tensor (sharding propagation, a new DTensor per
+    result): for the few dozen tensors of a step that is most of its time. Where every tensor
+    operand is laid out as its partner in `ts` (Shard or Replicate placements, same mesh, shape
+    and dtype), or is a number, or a plain 0-d tensor that is equal on every rank (a per-tensor
+    scalar such as LAMB's trust ratio), the op on the local shards is exactly DTensor's, with no
+    communication. Only without autograd (as in a step): DTensor's ops also record the graph."""
     DTensor = dtensor_type()
-    try:
-        locals_ = [t._local_tensor for t in ts]
-        specs = [t._spec for t in ts]
-    except AttributeError:
+    if DTensor is None or torch.is_grad_enabled() \
+            or not all(isinstance(v, numbers.Number) for v in kw.values()):
         return None
-    res = f(locals_, scalars, **kw)
-    if res is None:
-        return ts
-    return [DTensor(r, spec, requires_grad=False) for r, spec in zip(res, specs)]
+    try:
+        if not all(type(t) is DTensor for t in ts):
+            return None
+        specs = [t._spec for t in ts]
+        if not all(map(shardwise, specs)):
+            return None
+        out = []
+        for o in operands:
+            if isinstance(o, numbers.Number):
+                out.append(o)
+            elif type(o) is torch.Tensor and o.ndim == 0:
+                out.append(o)
+            elif isinstance(o, (list, tuple)) and len(o) == len(ts):
+                if all(isinstance(v, numbers.Number) for v in o):
+                    out.append(list(o))
+                elif all(type(v) is DTensor for v in o):
+                    if not all(map(same_sharding, o, ts, specs)):
+                        return None
+                    out.append([v._local_tensor for v in o])
+                elif all(type(v) is torch.Tensor and v.ndim == 0 for v in o):
+                    out.append(list(o))
+                else:
+                    return None
+            else:
+                return None
+        return [t._local_tensor for t in ts], out, specs
+    except AttributeError:          # DTensor's internals are not as this was written for
+        return None
+
+
+def as_dtensors(results, specs):
+    "The results of an out-of-place op on local shards, as DTensors laid out as its inputs."
+    DTensor = dtensor_type()
+    return [DTensor(r, spec, requires_grad=False) for r, spec in zip(results, specs)]
 
 
 def by_position(sd):

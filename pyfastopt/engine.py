@@ -26,6 +26,7 @@ from . import half as _half, kernels, native
 from .backend import (CHAIN, FUSED, NATIVE, ChainFacts, Knobs, ParamFacts, choose_path)
 from .flat import MUTATES_GRAD, FlatBucketData, flat_safe
 from .recipe import recipe_for, stepper_func
+from .shards import LocalShards
 from .tensor_list import ParamBatch, TensorList
 from .validation import check_grads
 
@@ -60,13 +61,14 @@ class Bucket:
     `kernel` is the chain kernel that steps it, if any; `kernel_state` its scratch (e.g. the
     step tensor the fused kernels read), never part of the params' state."""
     __slots__ = ("group", "params", "batch", "state", "kernel", "kernel_state", "flat", "half",
-                 "index")
+                 "index", "shards")
 
     def __init__(self, group, params, states, flat=False, grads_back=False, views_only=True,
                  upcast=False):
         self.group, self.params = group, params
         self.index = None           # the params' positions in the group, None if all of it
         self.kernel, self.kernel_state, self.flat, self.half = None, {}, None, None
+        self.shards = None          # DTensor params: how a step runs on their shards (shards.py)
         if upcast:                      # half params: the chain runs on float32 shadows (half.py)
             for st in states:
                 _half.upcast_state(st)
@@ -86,6 +88,7 @@ class Bucket:
         first = states[0]
         self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor) else v)
                       for k, v in first.items()}
+        self.shards = LocalShards.of(params, states)
 
     @property
     def backend(self):
@@ -258,10 +261,15 @@ class Engine:
             elif b.half is not None:
                 b.half.gather()
             if kernel is None or not kernel(b, {**state, **hyper}):
+                local = b.shards.enter(batch, state) if b.shards is not None else None
+                if local is not None:
+                    batch, state = local
                 for cb in cbs:
                     res = cb(batch, **{**state, **hyper})
                     if isinstance(res, dict):
                         state.update(res)
+                if local is not None:
+                    b.shards.leave(state, b.state, b.params)
             if flat is not None:
                 flat.scatter()
             elif b.half is not None:

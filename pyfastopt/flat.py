@@ -19,7 +19,6 @@ flattened (`flat_safe`, from the recipes): a user stepper might treat its Tensor
 import operator
 
 import torch
-import torch.nn.functional as F
 
 from . import steppers as S
 from .tensor_list import ParamBatch, TensorList
@@ -75,16 +74,15 @@ class SegValues(TensorList):
         super().__init__([t])
         self.seg, self.clip = seg, clip
 
-    def _wrap(self, res):
-        return SegValues(res[0], self.seg)
+    def _like(self, tensors):
+        return SegValues(tensors[0], self.seg)
 
     def _op(self, name, other=None, **kw):
         if isinstance(other, FlatList):
             if name in ("mul", "add"):                  # commutative: let the flat side do it
                 return other._op(name, self, **kw)
             raise TypeError(f"{name} of per-param values by a flat tensor is not flat-safe")
-        res = TensorList._op(self, name, other, **kw)
-        return self if res is self else self._wrap(res)
+        return TensorList._op(self, name, other, **kw)
 
     def _clip_lr(self, lr):
         t = self[0]
@@ -95,9 +93,6 @@ class SegValues(TensorList):
         a, b = self[0], r2[0]
         q = torch.where((a == 0) | (b == 0), torch.ones_like(a), (a / b).clamp(max=cap))
         return SegValues(q, self.seg)
-
-    def clone(self):
-        return SegValues(self[0].clone(), self.seg)
 
     def per_param(self, lr_is_number):
         "Each param's value, for its state dict (fastai's `min(lr, x)`: `lr` itself unless x < lr)."
@@ -120,20 +115,16 @@ class FlatList(TensorList):
             return [self.seg.expand(other[0], self[0])]
         return other
 
+    def _like(self, tensors):
+        return FlatList(tensors[0], self.seg)
+
     def _op(self, name, other=None, **kw):
-        res = TensorList._op(self, name, self._other(other), **kw)
-        return self if res is self else FlatList(res[0], self.seg)
+        return TensorList._op(self, name, self._other(other), **kw)
 
     def _op_3(self, name, t1, t2, value):
         if isinstance(value, SegValues):
             raise TypeError("per-param values in addcmul_/addcdiv_ are not flat-safe")
         return TensorList._op_3(self, name, self._other(t1), self._other(t2), value)
-
-    def clone(self):
-        return FlatList(self[0].clone(), self.seg)
-
-    def detach(self):
-        return FlatList(self[0].detach(), self.seg)
 
     def norm(self):
         return SegValues(self.seg.reduce_sumsq(self[0]).sqrt_(), self.seg)
@@ -141,16 +132,10 @@ class FlatList(TensorList):
     def numel(self):
         return list(self.seg.lengths)
 
-    # hooks the tensor_list helpers call (zeros_like, rms, softplus)
-    def _zeros_like(self):
-        return FlatList(torch.zeros_like(self[0]), self.seg)
-
+    # the hook tensor_list's `rms` calls (one reduction per segment)
     def _rms(self):
         return SegValues(self.seg.reduce_sumsq(self[0]).div_(self.seg.lengths_t.to(self[0].dtype))
                          .sqrt_(), self.seg)
-
-    def _softplus(self, beta):
-        return FlatList(F.softplus(self[0], beta), self.seg)
 
     __add__ = __radd__ = lambda self, o: self._op("add", o)
     __mul__ = __rmul__ = lambda self, o: self._op("mul", o)

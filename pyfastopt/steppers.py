@@ -216,7 +216,7 @@ def lamb_step(p, lr, mom, step, sqr_mom, grad_avg, sqr_avg, eps, **kwargs):
     update = (grad_avg / debias1).div_((sqr_avg / debias2).sqrt_().add_(eps))
     r1, r2 = rmss(p.data, update)
     q = trust_ratio(r1, r2, 10)
-    p.data.add_(update * q, alpha=-lr)
+    p.data.add_(update.mul_(q), alpha=-lr)     # `update` is this step's own: scaled in place
 
 
 lamb_step._defaults = dict(eps=1e-6, wd=0.)

@@ -7,15 +7,16 @@ one tensor when `p` is a parameter, and every parameter of a bucket when `p` is 
 `rms`, `softplus`, `clip_lr`, `trust_ratio`) do the same for the few operations that are
 functions rather than methods.
 """
+import itertools
 import math
 import numbers
 
 import torch
 import torch.nn.functional as F
 
-from .distributed import global_norms, is_dtensor, local_op, replicating
+from .distributed import as_dtensors, global_norms, is_dtensor, on_shards, replicating, shard_norms
 
-__all__ = ["TensorList", "ParamBatch", "zeros_like", "norm", "norms", "rms", "rmss", "softplus",
+__all__ = ["TensorList", "ShardList", "ParamBatch", "zeros_like", "norm", "norms", "rms", "rmss", "softplus",
            "clip_lr", "trust_ratio"]
 
 
@@ -40,16 +41,8 @@ class TensorList(list):
         return self
 
     def _op(self, name, other=None, **kw):
-        if isinstance(other, list) and self and is_dtensor(self[0]):
-            other = _per_tensor(other, self)
-            if other and type(other[0]) is torch.Tensor and all(
-                    type(o) is torch.Tensor and o.ndim == 0 for o in other):
-                # per-tensor scalars (plain, equal on every rank): on the local shards
-                res = local_op(getattr(torch, f"_foreach_{name}"), self, other, kw)
-                if res is not None:
-                    return self if res is self else TensorList(res)
-            with replicating():
-                return self._op_1(name, other, **kw)
+        if self and is_dtensor(self[0]):
+            return self._on_dtensors(name, () if other is None else (other,), kw)
         return self._op_1(name, other, **kw)
 
     def _op_1(self, name, other=None, **kw):
@@ -60,7 +53,27 @@ class TensorList(list):
             res = f(self, _per_tensor(other, self), **kw)
         else:
             res = f(self, other, **kw)
-        return self if res is None else TensorList(res)
+        # in place: the same tensors (and this list, whose identity callers may rely on)
+        return self if res is None or name.endswith("_") else self._like(res)
+
+    def _like(self, tensors):
+        "A list of the same kind as this one (see `ShardList`) holding `tensors`."
+        return TensorList(tensors)
+
+    def _on_dtensors(self, name, operands, kw):
+        "A `_foreach_*` op of DTensors: on the local shards where that is DTensor's answer."
+        f = getattr(torch, f"_foreach_{name}")
+        shards = on_shards(self, operands, kw)
+        if shards is not None:
+            local, ops, specs = shards
+            res = f(local, *ops, **kw)
+            if res is None or name.endswith("_"):      # in place: the DTensors hold the result
+                return self
+            return TensorList(as_dtensors(res, specs))
+        ops = [_per_tensor(o, self) if isinstance(o, list) else o for o in operands]
+        with replicating():     # per-tensor scalars (plain 0-d tensors) meet the DTensors
+            res = f(self, *ops, **kw)
+        return self if res is None or name.endswith("_") else TensorList(res)
 
     # in-place methods
     def add_(self, other, alpha=None):
@@ -87,8 +100,9 @@ class TensorList(list):
 
     def _op_3(self, name, t1, t2, value):
         if self and is_dtensor(self[0]):
-            with replicating():
-                return self._op_3_1(name, t1, t2, value)
+            if isinstance(value, list):
+                return self._on_dtensors(name, (t1, t2, value), {})
+            return self._on_dtensors(name, (t1, t2), {"value": value})
         return self._op_3_1(name, t1, t2, value)
 
     def _op_3_1(self, name, t1, t2, value):
@@ -110,13 +124,16 @@ class TensorList(list):
         return self._op("sign_")
 
     def zero_(self):
-        torch._foreach_zero_(self)
-        return self
+        return self._op("zero_")
 
     def copy_(self, src):
-        if self and is_dtensor(self[0]):        # no sharding strategy for _foreach_copy_
-            for t, s in zip(self, src):
-                t.copy_(s)
+        if self and is_dtensor(self[0]):
+            shards = on_shards(self, (src,), {})
+            if shards is None:                  # no sharding strategy for _foreach_copy_
+                for t, s in zip(self, src):
+                    t.copy_(s)
+                return self
+            torch._foreach_copy_(shards[0], shards[1][0])
         else:
             torch._foreach_copy_(self, src)
         return self
@@ -152,10 +169,10 @@ class TensorList(list):
         return self._op("neg")
 
     def clone(self):
-        return TensorList(t.clone() for t in self)
+        return self._like([t.clone() for t in self])
 
     def detach(self):
-        return TensorList(t.detach() for t in self)
+        return self._like([t.detach() for t in self])
 
     def norm(self):
         # DTensors: every norm over all shards, with one reduction for the list (distributed.py)
@@ -189,6 +206,30 @@ class TensorList(list):
         return f"TensorList({list.__repr__(self)})"
 
 
+class ShardList(TensorList):
+    """The local shards of DTensors laid out by `specs` (Shard/Replicate placements), on which a
+    bucket of DTensor params steps (`shards.LocalShards`): element-wise ops are plain `_foreach_*`
+    ops on the shards, which is what DTensor would compute, without its dispatch per tensor. What
+    is not element-wise answers for the whole tensors: `norm` reduces across the shards, `numel`
+    counts every element."""
+
+    def __init__(self, tensors, specs):
+        super().__init__(tensors)
+        self.specs = specs
+
+    def _like(self, tensors):
+        return ShardList(tensors, self.specs)
+
+    def norm(self):
+        return TensorList(shard_norms(self, self.specs))
+
+    def numel(self):
+        return [math.prod(spec.shape) for spec in self.specs]
+
+    def __repr__(self):
+        return f"ShardList({list.__repr__(self)})"
+
+
 class ParamBatch:
     """The stand-in for one parameter when a stepper runs on a whole bucket: `.data` is the
     TensorList of the bucket's parameters and `.grad` that of their gradients."""
@@ -196,8 +237,8 @@ class ParamBatch:
     __slots__ = ("data", "grad")
 
     def __init__(self, params, grads):
-        self.data = TensorList(params)
-        self.grad = TensorList(grads)
+        self.data = params if isinstance(params, TensorList) else TensorList(params)
+        self.grad = grads if isinstance(grads, TensorList) else TensorList(grads)
 
     def __len__(self):
         return len(self.data)
@@ -208,10 +249,9 @@ class ParamBatch:
 
 def zeros_like(x):
     "A zero tensor like `x`, or a TensorList of them."
-    if hasattr(x, "_zeros_like"):       # a flat bucket's FlatList (flat.py) stays flat
-        return x._zeros_like()
     if isinstance(x, list):
-        return TensorList(torch.zeros_like(t, memory_format=torch.preserve_format) for t in x)
+        zeros = [torch.zeros_like(t, memory_format=torch.preserve_format) for t in x]
+        return x._like(zeros) if isinstance(x, TensorList) else TensorList(zeros)
     return torch.zeros_like(x, memory_format=torch.preserve_format)
 
 
@@ -221,8 +261,12 @@ def norm(x):
 
 
 def norms(*xs):
-    """`norm` of several tensors or TensorLists at once: for lists of DTensors, one reduction
-    across the shards for all of them (`distributed.global_norms`)."""
+    """`norm` of several tensors or TensorLists at once: for lists of DTensors or of their shards,
+    one reduction across the shards for all of them (`distributed.shard_norms`)."""
+    if len(xs) > 1 and all(type(x) is ShardList for x in xs):
+        g = shard_norms([t for x in xs for t in x], [s for x in xs for s in x.specs])
+        return tuple(TensorList(g[i - len(x):i])
+                     for x, i in zip(xs, itertools.accumulate(map(len, xs))))
     if len(xs) > 1 and all(type(x) is TensorList and x and is_dtensor(x[0]) for x in xs):
         g = global_norms([t for x in xs for t in x])
         if g is not None:
@@ -236,8 +280,13 @@ def norms(*xs):
 
 def rmss(*xs):
     "`rms` of several tensors or TensorLists at once (one reduction for lists of DTensors)."
+    if all(type(x) is ShardList for x in xs):     # one reduction, the division on the stack
+        g = shard_norms([t for x in xs for t in x], [s for x in xs for s in x.specs],
+                        [math.sqrt(k) for x in xs for k in x.numel()])
+        return tuple(TensorList(g[i - len(x):i])
+                     for x, i in zip(xs, itertools.accumulate(map(len, xs))))
     if len(xs) > 1 and all(type(x) is TensorList and x and is_dtensor(x[0]) for x in xs):
-        return tuple(TensorList(torch._foreach_div(n, [math.sqrt(t.numel()) for t in x]))
+        return tuple(TensorList(torch._foreach_div(n, [math.sqrt(k) for k in x.numel()]))
                      for n, x in zip(norms(*xs), xs))
     return tuple(rms(x) for x in xs)
 
@@ -247,16 +296,14 @@ def rms(x):
     if hasattr(x, "_rms"):              # per param, on a flat bucket (flat.py)
         return x._rms()
     if isinstance(x, TensorList):
-        return TensorList(torch._foreach_div(x.norm(), [math.sqrt(t.numel()) for t in x]))
+        return TensorList(torch._foreach_div(x.norm(), [math.sqrt(k) for k in x.numel()]))
     return x.pow(2).mean().sqrt()
 
 
 def softplus(x, beta):
     "`F.softplus(x, beta)` on a tensor or on each tensor of a TensorList."
-    if hasattr(x, "_softplus"):
-        return x._softplus(beta)
     if isinstance(x, TensorList):
-        return TensorList(F.softplus(t, beta) for t in x)
+        return x._like([F.softplus(t, beta) for t in x])
     return F.softplus(x, beta)
 
 

@@ -29,6 +29,18 @@ OPTS = {
     "ranger": lambda ps: po.ranger(ps, lr=0.01),
     "Lookahead_SGD": lambda ps: po.Lookahead(po.SGD(ps, lr=0.05, mom=0.9), k=3),
 }
+# grads laid out otherwise than their params (Replicate): the step goes through DTensor's ops
+REPLICATED_GRADS = {"Adam_replicated_grads": OPTS["Adam"], "Lamb_replicated_grads": OPTS["Lamb"]}
+
+
+def _inner(opt):
+    return opt.opt if isinstance(opt, po.Lookahead) else opt
+
+
+def _replicate_grads(model):
+    from torch.distributed.tensor import Replicate
+    for p in model.parameters():
+        p.grad = p.grad.redistribute(placements=[Replicate()])
 
 
 def _model():
@@ -52,8 +64,8 @@ def _worker(rank, world, init_file, out_dir):
     try:
         x, y = _data()
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-        out = {}
-        for name, make in OPTS.items():
+        out, on_shards = {}, {}
+        for name, make in {**OPTS, **REPLICATED_GRADS}.items():
             model = _model()
             for m in model:
                 if isinstance(m, torch.nn.Linear):
@@ -61,13 +73,43 @@ def _worker(rank, world, init_file, out_dir):
             fully_shard(model)
             assert all(type(p).__name__ == "DTensor" for p in model.parameters())
             opt = make(list(model.parameters()))
-            train_steps(model, opt, xs, ys, STEPS)
+            if name in REPLICATED_GRADS:
+                for _ in range(STEPS):
+                    opt.zero_grad(set_to_none=True)     # FSDP2 accumulates into a kept grad
+                    torch.nn.functional.mse_loss(model(xs), ys).backward()
+                    _replicate_grads(model)
+                    opt.step()
+            else:
+                train_steps(model, opt, xs, ys, STEPS)
             out[name] = [p.full_tensor().detach() for p in model.parameters()]
+            # did each bucket's last step run on the local shards (shards.py)?
+            batch_state = [b.shards.enter(b.batch, b.state) if b.shards else None
+                           for b in _inner(opt)._plan.buckets]
+            on_shards[name] = [x is not None for x in batch_state]
+        out["on_shards"] = on_shards
+        out["shard_math"] = _shard_math(model)
         if rank == 0:
             torch.save(out, os.path.join(out_dir, "fsdp.pt"))
         dist.barrier()          # both ranks done before gloo is torn down
     finally:
         dist.destroy_process_group()
+
+
+def _shard_math(model):
+    """Norms, RMSs and element counts of ShardLists of the (unevenly) sharded params against the
+    whole tensors'."""
+    from pyfastopt.tensor_list import ShardList, norms, rmss
+    ps = list(model.parameters())
+    specs = [p._spec for p in ps]
+    shards = ShardList([p._local_tensor for p in ps], specs)
+    doubled = ShardList([2 * p._local_tensor for p in ps], specs)
+    with torch.no_grad():
+        got = [shards.norm(), *norms(shards, doubled), *rmss(shards, doubled), shards.numel()]
+    full = [p.full_tensor().detach().double() for p in ps]
+    want = [[f.norm() for f in full], [f.norm() for f in full], [2 * f.norm() for f in full],
+            [f.pow(2).mean().sqrt() for f in full], [2 * f.pow(2).mean().sqrt() for f in full],
+            [f.numel() for f in full]]
+    return [list(g) for g in got], want, [p._local_tensor.numel() for p in ps]
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +119,27 @@ def fsdp_results(tmp_path_factory):
     return torch.load(d / "fsdp.pt")
 
 
-@pytest.mark.parametrize("name", list(OPTS))
+@pytest.mark.parametrize("name", [*OPTS, *REPLICATED_GRADS])
 def test_fsdp2_matches_one_process(fsdp_results, name):
     model = _model()
     assert len(list(model.parameters())) >= 8
-    opt = OPTS[name](list(model.parameters()))
+    opt = {**OPTS, **REPLICATED_GRADS}[name](list(model.parameters()))
     x, y = _data()
     train_steps(model, opt, x, y, STEPS)     # equal shards + mean loss: FSDP's averaged grad = full batch
     for got, want in zip(fsdp_results[name], model.parameters()):
         torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_steps_run_on_local_shards(fsdp_results):
+    # every bucket of every optimizer steps on the shards, unless the grads are laid out otherwise
+    for name, flags in fsdp_results["on_shards"].items():
+        assert flags, name
+        assert all(flags) if name not in REPLICATED_GRADS else not any(flags), (name, flags)
+
+
+def test_shard_lists_answer_for_whole_tensors(fsdp_results):
+    got, want, local_numel = fsdp_results["shard_math"]
+    assert got[-1] == want[-1] != local_numel           # uneven shards: global counts
+    for g, w in zip(got[:-1], want[:-1]):
+        torch.testing.assert_close(torch.stack(list(g)).double(), torch.stack(w),
+                                   rtol=1e-6, atol=1e-7)
