@@ -410,19 +410,21 @@ def checked_slow_weights(v, param_lists, where="state_dict['slow_weights']"):
             shapes = [[tuple(p.shape) for p in pl_] for pl_ in param_lists]
             _fail(f"{where}[{i}]", f"must hold one tensor per param; the params have shapes "
                   f"{shapes}")
-        row = []
-        for j, (t, p) in enumerate(zip(sl, pl)):
-            at = f"{where}[{i}][{j}]"
-            if not isinstance(t, torch.Tensor):
-                _fail(at, f"must be a tensor, got {_type_name(t)}")
-            _check_tensor_place(at, t, p)
-            if not (t.is_floating_point() or t.is_complex()) or t.is_complex() != p.is_complex():
-                _fail(at, f"must be a floating-point tensor like its param ({p.dtype}), got {t.dtype}")
-            if t.shape != p.shape:
-                _fail(at, f"has shape {tuple(t.shape)}, the param has shape {tuple(p.shape)}")
-            row.append(t.detach().to(device=p.device, dtype=p.dtype).clone())
-        out.append(row)
+        out.append([checked_slow_weight(t, p, f"{where}[{i}][{j}]")
+                    for j, (t, p) in enumerate(zip(sl, pl))])
     return out
+
+
+def checked_slow_weight(t, p, where):
+    "Lookahead's slow weight of param `p`: a floating tensor of its shape (copied to p's place)."
+    if not isinstance(t, torch.Tensor):
+        _fail(where, f"must be a tensor, got {_type_name(t)}")
+    _check_tensor_place(where, t, p)
+    if not (t.is_floating_point() or t.is_complex()) or t.is_complex() != p.is_complex():
+        _fail(where, f"must be a floating-point tensor like its param ({p.dtype}), got {t.dtype}")
+    if t.shape != p.shape:
+        _fail(where, f"has shape {tuple(t.shape)}, the param has shape {tuple(p.shape)}")
+    return t.detach().to(device=p.device, dtype=p.dtype).clone()
 
 
 # ---- converters between pyfastopt and torch.optim ---------------------------------------------

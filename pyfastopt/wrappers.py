@@ -1,5 +1,6 @@
 """Optimizers that wrap another one: fastai's `Lookahead` and `OptimWrapper` (spec §4.1, §4.2)."""
 from collections import defaultdict
+from collections.abc import Mapping, MutableMapping
 
 import torch
 
@@ -10,10 +11,12 @@ from .torch_hooks import step_inner
 from .optimizer import (HyperLengthError, Optimizer, _BaseOptimizer, _init_torch_base,
                         _load_state_dict_hooks, _state_dict_hooks, _step_lock)
 from .validation import as_hyper_value, as_int
-from .checkpoint import StateDictError, checked_count, checked_slow_weights, prepare_load
+from .checkpoint import (StateDictError, checked_count, checked_slow_weight, checked_slow_weights,
+                         prepare_load)
 from .tensor_list import TensorList
 
 LA_SLOW, LA_COUNT = "lookahead_slow", "lookahead_count"    # Lookahead's part of a param's entry
+_LA_KEYS = (LA_SLOW, LA_COUNT)
 
 __all__ = ["Lookahead", "OptimWrapper", "detuplify_pg", "set_item_pg", "pytorch_hp_map"]
 
@@ -71,7 +74,29 @@ class Lookahead(Optimizer):
         return getattr(self.__dict__["opt"], name)
 
     hypers = _forward("hypers", "The wrapped optimizer's hypers.")
-    state = _forward("state", "The wrapped optimizer's state.")
+
+    @property
+    def state(self):
+        """The wrapped optimizer's state, keyed by param; once the slow weights exist, each param's
+        entry also shows Lookahead's part: `lookahead_slow` (its slow weight, the tensor in
+        `slow_weights`) and `lookahead_count` (`count`), as torch's tools that read or write state
+        per param expect (DCP's flattened layout, ZeroRedundancyOptimizer's load). Writes go
+        where each key lives; the wrapped optimizer's dicts never hold Lookahead's keys (its
+        engine packs every key into its buckets). See `_LookaheadState`."""
+        return _LookaheadState(self)
+
+    @state.setter
+    def state(self, value):
+        # all entries checked before anything changes; Lookahead's keys are split out
+        items = value.items() if isinstance(value, Mapping) else dict(value).items()
+        split = [(p, *self._split_entry(p, v)) for p, v in items]
+        if any(part for _, _, part in split):
+            value = defaultdict(dict, {p: rest for p, rest, _ in split})
+        self.opt.state = value
+        for p, _, part in split:
+            for k, v in part:
+                self._set_part(p, k, v)
+
     param_lists = _forward("param_lists", "The wrapped optimizer's param groups (lists).")
     param_groups = _forward("param_groups", "The wrapped optimizer's param groups (torch view).")
     impl = _forward("impl", "How the wrapped optimizer steps.")
@@ -95,7 +120,6 @@ class Lookahead(Optimizer):
             if closure is not None:
                 with torch.enable_grad():
                     loss = closure()
-            self._adopt_loaded_state()
             if self.slow_weights is None:
                 self._init_slow_weights()
             step_inner(self.opt)        # torch's global step hooks ran once, for this step
@@ -146,29 +170,76 @@ class Lookahead(Optimizer):
                 sd["state"][i] = {**sd["state"].get(i, {}), LA_SLOW: t, LA_COUNT: self.count}
         return sd
 
-    def _adopt_loaded_state(self):
-        """ZeroRedundancyOptimizer's `load_state_dict` writes each param's consolidated entry
-        straight into `state`: take Lookahead's part (`state_dict`) back out of it. One lookup
-        per step when there is nothing to take."""
-        st = getattr(self.opt, "_state", None)
-        if st is None or not self.opt.param_lists or not len(self.opt.param_lists[0]):
+    # ---- Lookahead's part of each param's entry in `state` -------------------------------------
+    def _position(self, p):
+        """(group, index) of param `p` in `param_lists`, or None if `p` is not a param: from an
+        index by id, rebuilt when it no longer finds `p` where it says (checked by identity)."""
+        at = self.__dict__.get("_positions", {}).get(id(p))
+        if at is None or not self._is_at(p, at):
+            pos = {id(q): (i, j) for i, pl in enumerate(self.opt.param_lists)
+                   for j, q in enumerate(_items(pl))}
+            self.__dict__["_positions"] = pos
+            at = pos.get(id(p))
+            if at is None or not self._is_at(p, at):
+                return None
+        return at
+
+    def _is_at(self, p, at):
+        pls = self.opt.param_lists
+        i, j = at
+        return i < len(pls) and j < len(_items(pls[i])) and _items(pls[i])[j] is p
+
+    def _slow_of(self, p):
+        "The slow weight of param `p`, or None (no slow weights yet, or `p` is not a param)."
+        sw = self.slow_weights
+        at = None if sw is None else self._position(p)
+        if at is None:
+            return None
+        i, j = at
+        try:
+            return _items(sw[i])[j]
+        except (IndexError, TypeError):      # slow_weights set by hand, of another shape
+            return None
+
+    def _entry(self, p, d):
+        "What `state[p]` shows: the wrapped optimizer's dict `d` itself, or it with our part."
+        slow = self._slow_of(p)
+        if slow is None or not isinstance(d, Mapping):
+            return d
+        e = _LookaheadEntry(d)
+        dict.__setitem__(e, LA_SLOW, slow)
+        dict.__setitem__(e, LA_COUNT, self.count)
+        e._la, e._p, e._inner = self, p, d
+        return e
+
+    def _checked_part(self, p, k, v):
+        "Value `v` for Lookahead's key `k` of param `p`'s entry, checked (a slow weight copied)."
+        at = self._position(p)
+        where = f"state[p][{k!r}]" + ("" if at is None else f" (param {at[1]} of group {at[0]})")
+        if at is None:
+            raise StateDictError(f"{where}: Lookahead's key, in an entry that is not a param's")
+        if k == LA_SLOW:
+            return checked_slow_weight(v, p, where)
+        return checked_count(as_int(where, v), where)
+
+    def _set_part(self, p, k, v):
+        "Set Lookahead's key `k` of param `p` to `v` (checked by `_checked_part`)."
+        if k == LA_COUNT:
+            self.count = v
             return
-        first = st.get(self.opt.param_lists[0][0])
-        if not first or LA_SLOW not in first:
-            return
-        slow, count = [], None
-        for pl in self.opt.param_lists:
-            sl = L()
-            for p in pl:
-                d = st.get(p)
-                t = d.pop(LA_SLOW, None) if d else None
-                c = d.pop(LA_COUNT, None) if d else None
-                count = c if count is None else count
-                sl.append(p.detach().clone() if t is None else
-                          t.detach().to(device=p.device, dtype=p.dtype).clone())
-            slow.append(sl)
-        self.opt._invalidate_plan()         # its dicts were edited
-        self.slow_weights, self.count = L(slow), as_int("count", count or 0)
+        if self.slow_weights is None:       # as the first step makes them, then this one
+            self._init_slow_weights()
+        i, j = self._position(p)
+        _items(self.slow_weights[i])[j] = v
+
+    def _split_entry(self, p, value):
+        """(what the wrapped optimizer keeps, [(Lookahead's key, checked value)]) of an entry
+        `value` written for `p`; a non-dict or an entry without Lookahead's keys goes through
+        as it is."""
+        if not isinstance(value, Mapping) or not any(k in value for k in _LA_KEYS):
+            return value, []
+        part = [(k, self._checked_part(p, k, value[k])) for k in _LA_KEYS if k in value]
+        return {k: v for k, v in value.items() if k not in _LA_KEYS}, part
 
     @_load_state_dict_hooks
     def load_state_dict(self, state_dict):
@@ -208,7 +279,7 @@ class Lookahead(Optimizer):
         for i, v in items:
             if isinstance(v, dict) and (LA_SLOW in v or LA_COUNT in v):
                 v = dict(v)
-                per[i] = (v.pop(LA_SLOW, None), v.pop(LA_COUNT, None))
+                per[i] = (_given(v.pop(LA_SLOW, None)), _given(v.pop(LA_COUNT, None)))
             new[i] = v
         sd["state"] = [new[i] for i, _ in items] if as_list else new
         if count is None:
@@ -225,6 +296,141 @@ class Lookahead(Optimizer):
 
     def __repr__(self):
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.opt!r})"
+
+
+def _items(xs):
+    "The list inside an `L` (item access without `L`'s index handling), or `xs` itself."
+    return xs.items if isinstance(xs, L) else xs
+
+
+def _given(v):
+    # DCP's flattened layout rebuilds a key the checkpoint lacks (one from an optimizer without
+    # Lookahead) as an empty dict: the same as missing
+    return None if isinstance(v, dict) and not v else v
+
+
+class _LookaheadState(MutableMapping):
+    """`Lookahead.state`: a view of the wrapped optimizer's state. Keys, `len`, iteration, `in`
+    and truth are the wrapped state's; `state[p]` gives the wrapped dict itself, or, once the
+    slow weights exist, a `_LookaheadEntry` that also shows Lookahead's part. `state[p] = d`
+    gives `d`'s Lookahead keys to Lookahead (checked first) and the rest to the wrapped state;
+    Lookahead keys left out keep their values. `del state[p]` deletes the wrapped entry only.
+    Made on each read of `Lookahead.state`; it holds nothing but the Lookahead."""
+    __slots__ = ("_la",)
+
+    def __init__(self, la):
+        self._la = la
+
+    def __getitem__(self, p):
+        # the wrapped state is read on every access: reading it brings its dicts up to date
+        return self._la._entry(p, self._la.opt.state[p])
+
+    def __setitem__(self, p, value):
+        la = self._la
+        rest, part = la._split_entry(p, value)
+        la.opt.state[p] = rest
+        for k, v in part:
+            la._set_part(p, k, v)
+
+    def __delitem__(self, p):
+        del self._la.opt.state[p]
+
+    def __iter__(self):
+        return iter(self._la.opt.state)
+
+    def __len__(self):
+        return len(self._la.opt.state)
+
+    def __contains__(self, p):              # never through __getitem__, which adds an entry
+        return p in self._la.opt.state
+
+    def get(self, p, default=None):
+        return self[p] if p in self else default
+
+    def setdefault(self, p, default=None):
+        if p not in self:
+            self[p] = default
+        return self[p]
+
+    def clear(self):
+        self._la.opt.state.clear()
+
+    def __reduce__(self):                   # a copy or pickle is a plain dict of what it shows
+        return dict, ({p: dict(e) if isinstance(e, dict) else e for p, e in self.items()},)
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
+class _LookaheadEntry(dict):
+    # A param's entry as `Lookahead.state` shows it: a copy of the wrapped optimizer's dict with
+    # Lookahead's keys added. A dict, as torch's tools (and `dict(...)`, `{**e}`) read one; its
+    # writes also go where each key lives (the wrapped dict; Lookahead's slow weight or count:
+    # checked first), else they would be lost with the copy. Deleting a Lookahead key restarts
+    # it: the slow weight from a copy of the param (as the first step makes it), the count at 0.
+    __slots__ = ("_la", "_p", "_inner")
+
+    def __setitem__(self, k, v):
+        self._put(k, self._la._checked_part(self._p, k, v) if k in _LA_KEYS else v)
+
+    def _put(self, k, v):                   # `v` checked, for Lookahead's keys
+        if k in _LA_KEYS:
+            self._la._set_part(self._p, k, v)
+        else:
+            self._la.opt.state              # the engine sees the edit (see `engine.sync`)
+            self._inner[k] = v
+        dict.__setitem__(self, k, v)
+
+    def __delitem__(self, k):
+        if not dict.__contains__(self, k):
+            raise KeyError(k)
+        if k == LA_SLOW:
+            self._la._set_part(self._p, k, self._p.clone().detach())
+        elif k == LA_COUNT:
+            self._la._set_part(self._p, k, 0)
+        else:
+            self._la.opt.state
+            del self._inner[k]
+        dict.__delitem__(self, k)
+
+    def update(self, *args, **kwargs):
+        new = dict(*args, **kwargs)
+        for k in _LA_KEYS:                  # checked before anything changes
+            if k in new:
+                new[k] = self._la._checked_part(self._p, k, new[k])
+        for k, v in new.items():
+            self._put(k, v)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def setdefault(self, k, default=None):
+        if k not in self:
+            self[k] = default
+        return self[k]
+
+    def pop(self, k, *default):
+        if k not in self:
+            if default:
+                return default[0]
+            raise KeyError(k)
+        v = dict.__getitem__(self, k)
+        del self[k]
+        return v
+
+    def popitem(self):
+        if not self:
+            raise KeyError("popitem(): dictionary is empty")
+        k = next(reversed(self))
+        return k, self.pop(k)
+
+    def clear(self):
+        for k in list(self):
+            del self[k]
+
+    def __reduce__(self):                   # a copy or pickle is a plain dict
+        return dict, (dict(self),)
 
 
 def _lookahead_k(k):

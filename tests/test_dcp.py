@@ -19,13 +19,11 @@ OPTS = {
     "Lamb": lambda ps: po.Lamb(ps, lr=0.01),
     "Lion": lambda ps: po.Lion(ps, lr=1e-3),
     "ranger": lambda ps: po.ranger(ps, lr=0.01, k=3),
+    "Lookahead_SGD": lambda ps: po.Lookahead(po.SGD(ps, lr=0.05, mom=0.9), k=3, alpha=0.6),
     "OptimWrapper": lambda ps: po.OptimWrapper(ps, torch.optim.AdamW, lr=0.01),
 }
 BEFORE, AFTER = 2, 3
-CASES = [(n, flat, disk) for n in OPTS for flat in (False, True) for disk in (False, True)
-         # flattened, DCP rebuilds each param's entry from the keys of `opt.state`, where
-         # Lookahead's own entries are not (see docs/distributed.md)
-         if not (n == "ranger" and flat)]
+CASES = [(n, flat, disk) for n in OPTS for flat in (False, True) for disk in (False, True)]
 
 
 def _model():

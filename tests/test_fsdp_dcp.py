@@ -1,6 +1,6 @@
-"""FSDP2 + DCP, 2 gloo processes on CPU: `get_optimizer_state_dict` of sharded (DTensor) state,
-`dcp.save`, then a fresh sharded model and optimizer, `dcp.load`, `set_optimizer_state_dict`:
-the resumed run equals the uninterrupted one bit for bit."""
+"""FSDP2 + DCP, 2 gloo processes on CPU: `get_optimizer_state_dict` of sharded (DTensor) state
+(also flattened, for ranger), `dcp.save`, then a fresh sharded model and optimizer, `dcp.load`,
+`set_optimizer_state_dict`: the resumed run equals the uninterrupted one bit for bit."""
 import os
 import sys
 
@@ -20,6 +20,8 @@ OPTS = {
     "Larc": lambda ps: po.Larc(ps, lr=0.1),
     "Lamb": lambda ps: po.Lamb(ps, lr=0.01),
     "ranger": lambda ps: po.ranger(ps, lr=0.01, k=3),
+    # DCP's flattened layout: each param's entry rebuilt from the keys `opt.state[p]` shows
+    "ranger_flat": lambda ps: po.ranger(ps, lr=0.01, k=3),
     "OptimWrapper": lambda ps: po.OptimWrapper(ps, torch.optim.AdamW, lr=0.01),
 }
 BEFORE, AFTER = 2, 3
@@ -40,7 +42,8 @@ def _sharded():
 
 def _worker(rank, world, init_file, out_dir):
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                         get_optimizer_state_dict,
                                                          set_optimizer_state_dict)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -51,6 +54,7 @@ def _worker(rank, world, init_file, out_dir):
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
         out = {}
         for name, make in OPTS.items():
+            opts = StateDictOptions(flatten_optimizer_state_dict=name.endswith("_flat"))
             m1 = _sharded()
             o1 = make(list(m1.parameters()))
             train_steps(m1, o1, xs, ys, BEFORE + AFTER)
@@ -58,14 +62,16 @@ def _worker(rank, world, init_file, out_dir):
             o2 = make(list(m2.parameters()))
             train_steps(m2, o2, xs, ys, BEFORE)
             ckpt = os.path.join(out_dir, name)
-            dcp.save({"model": m2.state_dict(), "optim": get_optimizer_state_dict(m2, o2)},
+            dcp.save({"model": m2.state_dict(),
+                      "optim": get_optimizer_state_dict(m2, o2, options=opts)},
                      checkpoint_id=ckpt)
             m3 = _sharded()
             o3 = make(list(m3.parameters()))
-            target = {"model": m3.state_dict(), "optim": get_optimizer_state_dict(m3, o3)}
+            target = {"model": m3.state_dict(),
+                      "optim": get_optimizer_state_dict(m3, o3, options=opts)}
             dcp.load(target, checkpoint_id=ckpt)
             m3.load_state_dict(target["model"])
-            set_optimizer_state_dict(m3, o3, target["optim"])
+            set_optimizer_state_dict(m3, o3, target["optim"], options=opts)
             train_steps(m3, o3, xs, ys, AFTER)
             out[name] = all(torch.equal(a.full_tensor(), b.full_tensor())
                             for a, b in zip(m1.parameters(), m3.parameters()))

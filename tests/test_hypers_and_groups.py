@@ -651,7 +651,10 @@ def test_lookahead_delegation_and_state_dict_keys():
     assert opt.count == 0 and opt.slow_weights is None
     opt.step()
     assert opt.count == 1
-    assert opt.state[p] is inner.state[p]
+    # the inner entry's items, plus Lookahead's own part (as torch's tools read state per param)
+    e = opt.state[p]
+    assert all(e[k] is v for k, v in inner.state[p].items())
+    assert set(e) == {*inner.state[p], 'lookahead_slow', 'lookahead_count'}
     assert 'grad_avg' in inner.state[p]
     sd = opt.state_dict()
     # fastai's keys (spec §4.1); pyfastopt may add its own

@@ -536,5 +536,7 @@ def test_low_precision_params(name, dtype):
         tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
         torch.testing.assert_close(p.float(), p32, rtol=0, atol=tol)
         for k, v in opt.state[p].items():       # the half rule: state in float32
-            if isinstance(v, torch.Tensor) and v.dim() > 0:
+            if k == "lookahead_slow":           # Lookahead's slow weight: a copy of the param
+                assert v.dtype == dtype
+            elif isinstance(v, torch.Tensor) and v.dim() > 0:
                 assert v.dtype == torch.float32, k
