@@ -2,7 +2,7 @@
 DTensor params (24 Linear(64, 64) layers), for Adam, Lamb, Larc, ranger, and torch's AdamW
 (foreach), interleaved step by step, medians; ratios against pyfastopt's Adam in one run.
 LAMB and LARC need per-tensor norms over all shards: pyfastopt batches them (one local
-`_foreach_norm` and one all_reduce per list), target <= 2x Adam's step (issue 7).
+`_foreach_norm` and one exchange across the ranks per list), target <= 2x Adam's step (issue 7).
 
 usage: python bench/bench_fsdp.py [--steps 40]
 """

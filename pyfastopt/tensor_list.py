@@ -23,8 +23,16 @@ __all__ = ["TensorList", "ShardList", "ParamBatch", "zeros_like", "norm", "norms
 def _per_tensor(other, like):
     "A per-tensor operand list for a foreach call: all numbers, or all tensors."
     items = list(other)
+    if all(type(o) is torch.Tensor for o in items):         # per-tensor scalars, as tensors
+        return items
     if all(isinstance(o, numbers.Number) for o in items):
         return items
+    if any(isinstance(o, numbers.Number) for o in items) and all(
+            isinstance(o, numbers.Number) or o.device.type == "cpu" and o.ndim == 0
+            for o in items):
+        # numbers and CPU scalars (LARC's clipped `local_lr`): reading a CPU scalar is free,
+        # making a tensor of each number is not; the same values either way
+        return [o if isinstance(o, numbers.Number) else o.item() for o in items]
     return [o if isinstance(o, torch.Tensor) else torch.tensor(o, dtype=t.dtype, device=t.device)
             for o, t in zip(items, like)]
 
@@ -322,6 +330,11 @@ def clip_lr(lr, local_lr):
     if hasattr(local_lr, "_clip_lr"):   # one value per param of a flat bucket (flat.py)
         return local_lr._clip_lr(lr)
     if isinstance(local_lr, list):
+        if isinstance(lr, numbers.Number) and _one_plain_kind(local_lr) \
+                and local_lr[0].device.type == "cpu":
+            # `_clip_one`'s CPU rule for the whole list with one comparison
+            below = (torch.stack(local_lr) < lr).tolist()
+            return TensorList(t if b else lr for t, b in zip(local_lr, below))
         return TensorList(_clip_one(lr, t) for t in local_lr)
     return _clip_one(lr, local_lr)
 

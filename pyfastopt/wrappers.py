@@ -140,9 +140,11 @@ class Lookahead(Optimizer):
                 continue
             # fastai's slow += alpha * (fast - slow); fast = slow. The difference is made in the
             # fast weights, which are overwritten next: no temporaries, same rounding
-            torch._foreach_sub_(f, s)
-            torch._foreach_add_(s, f, alpha=self.alpha)
-            TensorList(f).copy_(s)      # per tensor for DTensors (no _foreach_copy_ strategy)
+            # (TensorList: DTensors laid out alike are stepped on their local shards)
+            f, s = TensorList(f), TensorList(s)
+            f.sub_(s)
+            s.add_(f, alpha=self.alpha)
+            f.copy_(s)
 
     def clear_state(self):
         self.opt.clear_state()

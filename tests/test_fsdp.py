@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 import pyfastopt as po
+from pyfastopt import distributed
 from dist_helpers import run_ranks, train_steps
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform == "win32",
@@ -31,6 +32,9 @@ OPTS = {
 }
 # grads laid out otherwise than their params (Replicate): the step goes through DTensor's ops
 REPLICATED_GRADS = {"Adam_replicated_grads": OPTS["Adam"], "Lamb_replicated_grads": OPTS["Lamb"]}
+# norms summed across ranks by all_reduce (as beyond `GATHER_MAX_RANKS` ranks) not all_gather
+ALL_REDUCE = {"Lamb_all_reduce": OPTS["Lamb"], "Larc_all_reduce": OPTS["Larc"]}
+VARIANTS = {**REPLICATED_GRADS, **ALL_REDUCE}
 
 
 def _inner(opt):
@@ -64,8 +68,9 @@ def _worker(rank, world, init_file, out_dir):
     try:
         x, y = _data()
         xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
-        out, on_shards = {}, {}
-        for name, make in {**OPTS, **REPLICATED_GRADS}.items():
+        out, on_shards, gather_max = {}, {}, distributed.GATHER_MAX_RANKS
+        for name, make in {**OPTS, **VARIANTS}.items():
+            distributed.GATHER_MAX_RANKS = 1 if name in ALL_REDUCE else gather_max
             model = _model()
             for m in model:
                 if isinstance(m, torch.nn.Linear):
@@ -119,11 +124,11 @@ def fsdp_results(tmp_path_factory):
     return torch.load(d / "fsdp.pt")
 
 
-@pytest.mark.parametrize("name", [*OPTS, *REPLICATED_GRADS])
+@pytest.mark.parametrize("name", [*OPTS, *VARIANTS])
 def test_fsdp2_matches_one_process(fsdp_results, name):
     model = _model()
     assert len(list(model.parameters())) >= 8
-    opt = {**OPTS, **REPLICATED_GRADS}[name](list(model.parameters()))
+    opt = {**OPTS, **VARIANTS}[name](list(model.parameters()))
     x, y = _data()
     train_steps(model, opt, x, y, STEPS)     # equal shards + mean loss: FSDP's averaged grad = full batch
     for got, want in zip(fsdp_results[name], model.parameters()):
