@@ -162,6 +162,24 @@ def grad_ptrs(grads):
         return None
 
 
+def kept_grad_moved(old_grads, old_ptrs, new_grads, new_ptrs):
+    """Has a grad that is still the same tensor as at the last check (not one set anew through
+    torch's checked `.grad` setter) got another storage (`p.grad.data = ...`)? C-level passes; True
+    where pointers are missing (a sparse grad: the full check reports it)."""
+    if old_ptrs is None or new_ptrs is None:
+        return True
+    old = list(compress(*_present(old_grads)))
+    new = list(compress(*_present(new_grads)))
+    if len(old) != len(old_ptrs) or len(new) != len(new_ptrs) or len(old) != len(new):
+        return True
+    return any(map(operator.and_, map(operator.is_, old, new), map(operator.ne, old_ptrs, new_ptrs)))
+
+
+def _present(grads):
+    flat = list(itertools.chain.from_iterable(grads))
+    return flat, map(operator.is_not, flat, repeat(None))
+
+
 _get_dtype = operator.attrgetter("dtype")
 _NoneType = type(None)
 
@@ -328,6 +346,9 @@ class Engine:
             return False
         if meta != plan.gmeta:
             return False
+        ptrs = grad_ptrs(new_grads)
+        if plan.grads is not None and kept_grad_moved(plan.grads, plan.gptrs, new_grads, ptrs):
+            check_grads(self.opt.param_lists)       # raises, before anything moves
         for b in plan.buckets:
             gs = new_grads[b.group]
             b.batch.grad = TensorList(gs if b.index is None else map(gs.__getitem__, b.index))
@@ -335,10 +356,10 @@ class Engine:
             if regrad is not None and not regrad(b):
                 return False
         # new grad tensors got torch's checks when set (`p.grad = g` refuses another shape, dtype
-        # or device; autograd makes grads like their params) and the plan's (meta): their
-        # storage is the baseline for `_check_grad_storage` (a `.data` swap of an old grad in
-        # the same step as new grads for others is not seen)
-        plan.grads, plan.gmeta, plan.gptrs = new_grads, meta, grad_ptrs(new_grads)
+        # or device; autograd makes grads like their params) and the plan's (meta); kept ones
+        # were checked above if their storage moved: the storage is `_check_grad_storage`'s
+        # baseline
+        plan.grads, plan.gmeta, plan.gptrs = new_grads, meta, ptrs
         plan.regrad = True
         return True
 

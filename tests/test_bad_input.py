@@ -562,3 +562,20 @@ def test_grad_swap_seen_when_other_grads_are_none(path):
         opt.param_lists[1][0].grad.data = torch.zeros(2, 2)
         refused(opt, lambda o: o.step(), ValueError,
                 r"^grad of param 0 of group 1, shape \(3,\) has shape \(2, 2\)")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_grad_swap_seen_in_the_step_other_grads_are_new(path):
+    """`zero_grad(set_to_none=True)`-style new grads re-point the plan without a full check (torch's
+    grad setter checked them); a grad that was kept and swapped through `.data` in the same step is
+    still seen."""
+    with native_off() if path == "torch-kernels" else _nothing():
+        opt = stepped_adam("auto" if path == "torch-kernels" else path)
+        opt.step()
+        kept = opt.param_lists[1][0]
+        for p in (q for pl in opt.param_lists for q in pl):
+            if p is not kept:
+                p.grad = p.grad.clone()         # new grad tensors, through the setter
+        kept.grad.data = torch.zeros(2, 2)
+        refused(opt, lambda o: o.step(), ValueError,
+                r"^grad of param 0 of group 1, shape \(3,\) has shape \(2, 2\)")
