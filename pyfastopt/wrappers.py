@@ -259,10 +259,12 @@ class Lookahead(Optimizer):
             if not isinstance(kind, (list, tuple, L)) or list(kind) != self.kind():
                 raise StateDictError(f"state_dict is from a different optimizer: its steppers are "
                                      f"{kind!r}, this optimizer's are {self.kind()}")
-            sd["kind"] = self.opt.kind()
         count = checked_count(0 if count is None else count)
         slow = checked_slow_weights(slow, self.opt.param_lists)
-        prepare_load(self.opt, sd)
+        if not isinstance(self.opt, OptimWrapper):     # a wrapped torch optimizer checks its own
+            if kind is not None:
+                sd["kind"] = self.opt.kind()
+            prepare_load(self.opt, sd)
         self.opt.load_state_dict(sd)
         self.count = count
         self.slow_weights = None if slow is None else L(L(sl) for sl in slow)
@@ -540,6 +542,10 @@ class OptimWrapper(_BaseOptimizer):
 
     def add_param_group(self, param_group):
         return self.opt.add_param_group(param_group)
+
+    def kind(self):
+        "What makes two optimizers' states interchangeable: here the torch optimizer's class."
+        return ["OptimWrapper", type(self.opt).__name__]
 
     @property
     def hypers(self):

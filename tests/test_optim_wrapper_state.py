@@ -1,5 +1,7 @@
 """`OptimWrapper`'s `state`, `param_groups` and `state_dict` are the wrapped torch optimizer's, so
 tools that read them (DCP's initialisation, checkpoint code) see the truth."""
+import copy
+
 import torch
 
 import pyfastopt as po
@@ -52,3 +54,30 @@ def test_resume_through_state_equals_uninterrupted():
         step(m3, o3)
     for a, b in zip(m1.parameters(), m3.parameters()):
         assert torch.equal(a, b)
+
+
+def test_lookahead_over_optim_wrapper_resumes_bit_for_bit():
+    # fastai's Lookahead wraps any fastai optimizer, OptimWrapper included: its state dict is the
+    # torch optimizer's plus Lookahead's count and slow weights
+    def run(split):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+
+        def make():
+            return po.Lookahead(po.OptimWrapper(list(m.parameters()), torch.optim.AdamW, lr=0.05),
+                                k=3)
+        o = make()
+        for i in range(7):
+            if i == split:
+                sd = copy.deepcopy(o.state_dict())
+                o = make()
+                o.load_state_dict(sd)
+                assert o.count == split
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+        return [p.detach().clone() for p in m.parameters()]
+    want = run(None)
+    for split in (2, 4):            # 4: after a sync (k=3), with moved slow weights
+        assert all(torch.equal(a, b) for a, b in zip(run(split), want))
