@@ -80,3 +80,16 @@ def factory_defaults(f):
         has = p.default is not inspect.Parameter.empty
         out.append({"name": p.name, "has_default": has, "default": p.default if has else None})
     return out
+
+
+def state_entries(opt):
+    """Each param's state entry, in group order, for R's `print(opt$state)`: a list of
+    `{"group", "index", "entry"}` (0-based positions, as Python's errors give them), for the params
+    that have state. Reads without adding entries (`opt.state[p]` would add an empty one)."""
+    state = opt.state
+    out = []
+    for g, pl in enumerate(opt.param_lists):
+        for i, p in enumerate(pl):
+            if p in state and state[p]:
+                out.append({"group": g, "index": i, "entry": dict(state[p])})
+    return out

@@ -9,7 +9,8 @@
 #   bound method on every call, which costs more than a small step.
 # * `opt$state_dict()` stays a Python dict (reticulate would turn its int keys into names and
 #   its one-element lists into scalars, and load_state_dict() could not read it back).
-# * `opt$hypers` prints as an R list.
+# * `opt$hypers` prints as an R list; `opt$state` prints param by param (R-printed tensors)
+#   instead of Python's repr of a dict keyed by tensors.
 # * An optimizer restored by readRDS() is dead: every `$` says how to save one instead.
 `$.pyfastopt_optimizer` <- function(x, name) {
   if (reticulate::py_is_null_xptr(x)) .dead_optimizer()
@@ -17,6 +18,14 @@
     h <- NextMethod()
     if (inherits(h, "python.builtin.object")) class(h) <- unique(c("pyfastopt_hypers", class(h)))
     return(h)
+  }
+  if (identical(name, "state")) {
+    s <- NextMethod()
+    if (inherits(s, "python.builtin.object")) {
+      class(s) <- unique(c("pyfastopt_state", class(s)))
+      attr(s, "pyfastopt_optimizer") <- x       # its params give the order and the positions
+    }
+    return(s)
   }
   key <- paste0("pyfastopt_", name)
   f <- attr(x, key, exact = TRUE)
@@ -134,6 +143,20 @@ print.pyfastopt_hypers <- function(x, ...) {
   cat(sprintf("<hypers of %d parameter group%s: opt$hypers$items[[i]] is group i>\n",
               length(groups), if (length(groups) == 1) "" else "s"))
   print(groups, ...)
+  invisible(x)
+}
+
+#' @export
+print.pyfastopt_state <- function(x, ...) {
+  opt <- attr(x, "pyfastopt_optimizer", exact = TRUE)
+  entries <- .bridge()$state_entries(opt)
+  n <- length(entries)
+  cat(sprintf("<state of %d param%s (0-based positions); opt$state[param] is one param's>\n",
+              n, if (n == 1) "" else "s"))
+  for (e in entries) {
+    cat(sprintf("[group %d, param %d]\n", e$group, e$index))
+    print(e$entry, ...)
+  }
   invisible(x)
 }
 

@@ -201,8 +201,12 @@ rm(.name)
 #'
 #' Wraps an optimizer: every `k` steps the "slow" weights move a fraction
 #' `alpha` towards the "fast" weights of the inner optimizer, and the fast
-#' weights are reset to them. Everything else (`hypers`, `state`,
-#' `set_hyper()`, ...) goes to the inner optimizer.
+#' weights are reset to them. Everything else (`hypers`, `set_hyper()`, ...)
+#' goes to the inner optimizer. `opt$state` is the inner optimizer's state,
+#' where each parameter's entry also shows its slow weight (`lookahead_slow`)
+#' and the step count (`lookahead_count`) once the first step has run, as
+#' torch's checkpointing tools expect; `opt$slow_weights` and `opt$count`
+#' are fastai's fields.
 #'
 #' @param opt An optimizer, such as `SGD(params, lr = 0.1)`.
 #' @param ... `k`, the synchronisation period (a whole number: `6` and `6L` both work), and
@@ -237,7 +241,7 @@ Lookahead <- function(opt, ...) {
 #' @param hp_map Mapping of torch hyper-parameter names to fastai's
 #'   (`NULL`: fastai's `pytorch_hp_map`), a named list.
 #' @param convert_groups Turn lists of parameter lists into torch parameter
-#'   groups?
+#'   groups? Left out, the Python function's default.
 #' @param ... Arguments of the torch optimizer (`lr = 0.01`, `momentum = 0.9`).
 #' @return A Python `OptimWrapper`.
 #' @export
@@ -248,7 +252,7 @@ Lookahead <- function(opt, ...) {
 #' opt$hypers
 #' opt$step()
 #' p
-OptimWrapper <- function(params = NULL, opt = NULL, hp_map = NULL, convert_groups = TRUE, ...) {
+OptimWrapper <- function(params = NULL, opt = NULL, hp_map = NULL, convert_groups, ...) {
   f <- .py_factory("OptimWrapper")
   if (is.null(params) && is.null(opt)) .arg_error("params", "given when `opt` is NULL (or give `opt`)", NULL)
   if (!is.null(opt) && !inherits(opt, "python.builtin.object")) {
@@ -257,7 +261,8 @@ OptimWrapper <- function(params = NULL, opt = NULL, hp_map = NULL, convert_group
   if (!is.null(hp_map) && !is.list(hp_map) && !inherits(hp_map, "python.builtin.object")) {
     .arg_error("hp_map", "a named list or NULL", hp_map)
   }
-  args <- list(params = if (is.null(params)) NULL else .params(params), opt = opt, hp_map = hp_map,
-               convert_groups = .flag(convert_groups, "convert_groups"))
+  args <- list(params = if (is.null(params)) NULL else .params(params), opt = opt, hp_map = hp_map)
+  # its default is Python's (not restated here)
+  if (!missing(convert_groups)) args$convert_groups <- .flag(convert_groups, "convert_groups")
   .call_py("OptimWrapper()", f, c(args, .hyper_args(list(...), "OptimWrapper()")))
 }

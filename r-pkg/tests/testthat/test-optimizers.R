@@ -227,6 +227,12 @@ test_that("OptimWrapper wraps a torch optimizer with fastai's hyper names", {
   built <- torch()$optim$SGD(list(tst_param(1)), lr = 0.01)
   expect_equal(OptimWrapper(opt = built)$hypers[[1]]$lr, 0.01)
   expect_error(OptimWrapper(list(p)), "OptimWrapper\\(\\): ")
+  # convert_groups: no default restated in R; Python's (convert) applies, FALSE is passed on
+  expect_identical(formals(OptimWrapper)$convert_groups, quote(expr = ))
+  groups <- list(list(tst_param(1)), list(tst_param(2), tst_param(3)))
+  expect_equal(length(OptimWrapper(groups, torch()$optim$SGD, lr = 0.1)$opt$param_groups), 2L)
+  expect_error(OptimWrapper(groups, torch()$optim$SGD, lr = 0.1, convert_groups = FALSE),
+               "OptimWrapper\\(\\): ")
 })
 
 test_that("factories called without arguments return the Python factory", {

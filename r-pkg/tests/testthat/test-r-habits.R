@@ -106,7 +106,8 @@ test_that("an R stepper marked multi_tensor runs once per bucket and gives SGD-m
   }, defaults = list(mom = 0.9))
   my_step <- multi_tensor(function(p, lr, grad_avg) {   # no `...`: gets only what it declares
     # the thin `$` for lists of tensors (one reticulate call per method), not reticulate's
-    calls$dollar <- identical(body(getS3method("$", class(p)[1], optional = TRUE)), body(pyfastopt:::.tensor_list_dollar))
+    m <- getS3method("$", class(p)[1], optional = TRUE)     # none for one tensor (per param)
+    calls$dollar <- is.function(m) && identical(body(m), body(pyfastopt:::.tensor_list_dollar))
     p$data$add_(grad_avg, alpha = -lr)
     NULL
   })
@@ -165,4 +166,21 @@ test_that("R factories restate no defaults: Python's are used, and the help page
     call <- sub("^\\* `(.*)`$", "\\1", line)
     expect_true(grepl(call, gsub("\\s+", " ", text), fixed = TRUE), info = call)
   }
+})
+
+test_that("opt$state prints param by param, with R-printed values; indexing it is unchanged", {
+  skip_if_no_pyfastopt()
+  params <- list(tst_param(c(1, 2, 3), c(0.1, 0.2, 0.3)), tst_param(c(1, 2, 3), c(0.01, 0.02, 0.03)))
+  opt <- Larc(params, lr = 0.1)
+  expect_equal(out(print(opt$state)),
+               "<state of 0 params (0-based positions); opt$state[param] is one param's>")
+  opt$step()
+  printed <- out(print(opt$state))
+  expect_equal(printed[1], "<state of 2 params (0-based positions); opt$state[param] is one param's>")
+  # the R page's values: param 0's local lr 0.02 (a tensor), param 1's clipped to lr (a number)
+  at <- match(c("[group 0, param 0]", "[group 0, param 1]"), printed)
+  expect_false(anyNA(at))
+  expect_equal(printed[at[1] + 1:2], c("$grad_avg", "tensor([0.1000, 0.2000, 0.3000])"))
+  expect_equal(printed[at[2] + 4:5], c("$local_lr", "[1] 0.1"))
+  expect_equal(out(opt$state[params[[1]]]["local_lr"]), c("$local_lr", "tensor(0.0200)", ""))
 })
