@@ -129,24 +129,21 @@ def compile_cost():
 
 
 class _NativeOff:
-    "A step whose plan is built with PYFASTOPT_NATIVE=0 (the torch-op paths); reused after."
+    """A step with PYFASTOPT_NATIVE=0 (the torch-op paths). Set around every step: a plan is
+    rebuilt when the native setting it was built under changes."""
     def __init__(self, opt):
-        self.opt, self.built = opt, False
+        self.opt = opt
 
     def __call__(self):
-        if not self.built:
-            old = os.environ.get("PYFASTOPT_NATIVE")
-            os.environ["PYFASTOPT_NATIVE"] = "0"
-            try:
-                self.opt.step()
-            finally:
-                if old is None:
-                    del os.environ["PYFASTOPT_NATIVE"]
-                else:
-                    os.environ["PYFASTOPT_NATIVE"] = old
-            self.built = True
-            return
-        self.opt.step()
+        old = os.environ.get("PYFASTOPT_NATIVE")
+        os.environ["PYFASTOPT_NATIVE"] = "0"
+        try:
+            self.opt.step()
+        finally:
+            if old is None:
+                del os.environ["PYFASTOPT_NATIVE"]
+            else:
+                os.environ["PYFASTOPT_NATIVE"] = old
 
 
 def cpu_name():

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .distributed import as_dtensors, global_norms, is_dtensor, on_shards, replicating, shard_norms
 
-__all__ = ["TensorList", "ShardList", "ParamBatch", "zeros_like", "norm", "norms", "rms", "rmss", "softplus",
-           "clip_lr", "trust_ratio"]
+__all__ = ["TensorList", "ShardList", "ParamBatch", "zeros_like", "norm", "norms", "rms", "rmss",
+           "softplus", "clip_lr", "trust_ratio"]
 
 
 def _per_tensor(other, like):
