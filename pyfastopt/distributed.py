@@ -120,14 +120,15 @@ def shardwise(spec):
     return all(pl.is_shard() or pl.is_replicate() for pl in spec.placements)
 
 
-def same_sharding(o, t, spec):
-    "Is DTensor `o` laid out as `t` (whose spec is `spec`): placements, mesh, shape and dtype?"
+def same_sharding(o, t, spec, dtype=True):
+    """Is DTensor `o` laid out as `t` (whose spec is `spec`): placements, mesh, shape and (unless
+    `dtype` is false) dtype?"""
     os_ = o._spec
     return os_ is spec or (os_.placements == spec.placements and os_.mesh == spec.mesh
-                           and o.shape == t.shape and o.dtype == t.dtype)
+                           and o.shape == t.shape and (not dtype or o.dtype == t.dtype))
 
 
-def on_shards(ts, operands, kw):
+def on_shards(ts, operands, kw, same_dtype=True):
     """The local shards of the DTensors `ts`, the operands of an element-wise `_foreach_*` op
     with them made local, and `ts`' specs; None where the op must go through DTensor's dispatch.
 
@@ -136,7 +137,8 @@ def on_shards(ts, operands, kw):
     operand is laid out as its partner in `ts` (Shard or Replicate placements, same mesh, shape
     and dtype), or is a number, or a plain 0-d tensor that is equal on every rank (a per-tensor
     scalar such as LAMB's trust ratio), the op on the local shards is exactly DTensor's, with no
-    communication. Only without autograd (as in a step): DTensor's ops also record the graph."""
+    communication. Only without autograd (as in a step): DTensor's ops also record the graph.
+    `same_dtype=False` lets tensor operands be of another dtype (a copy converts)."""
     DTensor = dtensor_type()
     if DTensor is None or torch.is_grad_enabled() \
             or not all(isinstance(v, numbers.Number) for v in kw.values()):
@@ -157,7 +159,8 @@ def on_shards(ts, operands, kw):
                 if all(isinstance(v, numbers.Number) for v in o):
                     out.append(list(o))
                 elif all(type(v) is DTensor for v in o):
-                    if not all(map(same_sharding, o, ts, specs)):
+                    if not all(same_sharding(v, t, s, same_dtype)
+                               for v, t, s in zip(o, ts, specs)):
                         return None
                     out.append([v._local_tensor for v in o])
                 elif all(type(v) is torch.Tensor and v.ndim == 0 for v in o):

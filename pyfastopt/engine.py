@@ -77,6 +77,7 @@ class Bucket:
             first = states[0]
             self.state = {k: (TensorList(s[k] for s in states) if isinstance(v, torch.Tensor)
                               else v) for k, v in first.items()}
+            self.shards = LocalShards.of(self.half.p32, states)     # DTensor shadows
             return
         if flat:
             fb = FlatBucketData(params, grads_back, views_only)

@@ -14,6 +14,8 @@ same rule; state loaded or set in a half dtype is upcast on the next step (`upca
 """
 import torch
 
+from .tensor_list import TensorList
+
 __all__ = ["HALF_DTYPES", "COMPUTE_DTYPE", "is_half", "upcast_state", "step_one", "Shadows"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -59,11 +61,12 @@ class Shadows:
                     for g in self.grads]
         self.grads_back = grads_back
 
+    # TensorList's copy: one foreach copy, or for DTensors (FSDP2) one on the local shards
     def gather(self):
-        torch._foreach_copy_(self.p32, self.params)
-        torch._foreach_copy_(self.g32, self.grads)
+        TensorList(self.p32).copy_(self.params)
+        TensorList(self.g32).copy_(self.grads)
 
     def scatter(self):
-        torch._foreach_copy_(self.params, self.p32)
+        TensorList(self.params).copy_(self.p32)
         if self.grads_back:
-            torch._foreach_copy_(self.grads, self.g32)
+            TensorList(self.grads).copy_(self.g32)

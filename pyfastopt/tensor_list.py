@@ -136,7 +136,7 @@ class TensorList(list):
 
     def copy_(self, src):
         if self and is_dtensor(self[0]):
-            shards = on_shards(self, (src,), {})
+            shards = on_shards(self, (src,), {}, same_dtype=False)
             if shards is None:                  # no sharding strategy for _foreach_copy_
                 for t, s in zip(self, src):
                     t.copy_(s)
