@@ -610,12 +610,16 @@ class Optimizer(_BaseOptimizer):
                 torch._foreach_zero_(gs)
 
     def clear_state(self):
-        "Reset the state of every param, keeping only `force_train` and `do_wd`."
+        """Reset the state of every param, keeping only `force_train` and `do_wd`. A param left
+        with nothing has no entry (fastai keeps an empty one): torch's tools take a `state` with
+        entries for "already initialised" (DCP's loader would then restore nothing into it)."""
         self._engine.invalidate()
         for pl in self.param_lists:
             for p in pl:
-                old = self._state[p]
-                self._state[p] = {k: old[k] for k in _KEEP_ON_CLEAR if k in old}
+                old = self._state.pop(p, None) or {}
+                kept = {k: old[k] for k in _KEEP_ON_CLEAR if k in old}
+                if kept:
+                    self._state[p] = kept
 
     def kind(self):
         "What makes two optimizers' states interchangeable: the names of the steppers."

@@ -541,6 +541,20 @@ def test_clear_state_keeps_force_train_do_wd_in_order():
     assert dict(opt.state[p1]) == {'do_wd': False}
 
 
+def test_clear_state_leaves_no_empty_entries():
+    # torch's tools (DCP's `_init_optim_state`) read a `state` with entries as initialised
+    p0, p1 = P(), P()
+    opt = Adam([p0, p1], lr=0.1)
+    opt.step()
+    opt.state[p1]['force_train'] = True
+    opt.clear_state()
+    assert p0 not in opt.state and dict(opt.state[p1]) == {'force_train': True}
+    p1_only = Adam([P()], lr=0.1)
+    p1_only.step()
+    p1_only.clear_state()
+    assert not p1_only.state
+
+
 def test_clear_state_then_step_restarts():
     p = P()
     opt = Adam([p], lr=0.1)
