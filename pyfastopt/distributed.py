@@ -72,10 +72,25 @@ def shard_norms(local, specs, divisors=None):
                 sq = _sum_across(sq, spec.mesh.get_group(d))
         res = sq.sqrt_()
         if divisors is not None:
-            res.div_(torch.tensor([divisors[i] for i in idx], dtype=res.dtype, device=res.device))
+            res.div_(_on_device([divisors[i] for i in idx], res))
         for i, v in zip(idx, res.unbind(0)):
             out[i] = v
     return out
+
+
+_ON_DEVICE = {}
+
+
+def _on_device(values, like):
+    """The numbers `values` as a tensor like `like`, made once per device, dtype and values: on an
+    accelerator, making it anew each step would be a host-to-device copy each step."""
+    key = (like.device, like.dtype, tuple(values))
+    t = _ON_DEVICE.get(key)
+    if t is None:
+        if len(_ON_DEVICE) >= 256:
+            _ON_DEVICE.clear()
+        t = _ON_DEVICE[key] = torch.tensor(values, dtype=like.dtype, device=like.device)
+    return t
 
 
 GATHER_MAX_RANKS = 64      # up to this many ranks, `_sum_across` gathers instead of all-reducing
