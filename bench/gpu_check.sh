@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# CUDA check for issue 4, < 8 minutes on one GPU: the CUDA tests (every optimizer on CUDA against
-# CPU, state on the device, no host sync per step under torch.cuda.set_sync_debug_mode("error"))
-# and the fast-path tests, then Adam on 100M fp32 params against the HBM-bandwidth floor
-# (28 B/param over a measured device copy) and torch fused.
+# CUDA check for issues 4 and 7, < 8 minutes on one GPU: the CUDA tests (every optimizer on CUDA
+# against CPU, state on the device, no host sync per step under
+# torch.cuda.set_sync_debug_mode("error"), FSDP2 on one GPU stepping on the shards) and the
+# fast-path tests, then Adam on 100M fp32 params against the HBM-bandwidth floor (28 B/param over
+# a measured device copy) and torch fused.
 # Uses .venv/bin/python when there is one, else python3 with this checkout on PYTHONPATH (a GPU
 # machine's own CUDA build of torch).
 set -euo pipefail
