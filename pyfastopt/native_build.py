@@ -507,7 +507,7 @@ def _compile_and_load(res, declare, src, cache, path, temporary):
                           f"in {failed}; set PYFASTOPT_RECOMPILE=1 to retry", False))
             return
         except (OSError, _Unusable):
-            pass
+            pass                # no readable record of a failure: compile, as without one
     timeout = _compile_timeout(notes)
     workdir = tempfile.mkdtemp(prefix=".build-", dir=cache)
     try:
