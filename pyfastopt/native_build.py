@@ -194,25 +194,25 @@ def _dir_problem(path):
     """Why folder `path` (absolute, symlinks resolved) cannot be trusted with code this process
     loads, or None. The folder must be this user's and writable by nobody else (sticky does not
     help here: others could still plant new names in it), its parents as `_parents_problem`."""
-    uid = _euid()
     try:
         st = os.lstat(path)
     except OSError as e:
         return f"{path} cannot be checked ({e.strerror})"
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a folder"
-    if st.st_uid != uid:
-        return f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path} is writable by {_writers(st.st_mode)}"
-    return _parents_problem(path)
+    return _owner_problem(st, path) or _parents_problem(path)
 
 
 def _file_problem(st, path):
     "Why the file with `lstat`/`fstat` result `st` cannot be trusted, or None."
-    uid = _euid()
     if not stat.S_ISREG(st.st_mode):
         return f"{path} is not a regular file"
+    return _owner_problem(st, path)
+
+
+def _owner_problem(st, path):
+    "Why `path` (`stat` result `st`) is not this user's alone: another owner, or others may write."
+    uid = _euid()
     if st.st_uid != uid:
         return f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):

@@ -272,31 +272,35 @@ def norms(*xs):
     """`norm` of several tensors or TensorLists at once: for lists of DTensors or of their shards,
     one reduction across the shards for all of them (`distributed.shard_norms`)."""
     if len(xs) > 1 and all(type(x) is ShardList for x in xs):
-        g = shard_norms([t for x in xs for t in x], [s for x in xs for s in x.specs])
-        return tuple(TensorList(g[i - len(x):i])
-                     for x, i in zip(xs, itertools.accumulate(map(len, xs))))
+        return _per_list(shard_norms(*_joined(xs)), xs)
     if len(xs) > 1 and all(type(x) is TensorList and x and is_dtensor(x[0]) for x in xs):
-        g = global_norms([t for x in xs for t in x])
+        g = global_norms(_joined(xs)[0])
         if g is not None:
-            out, i = [], 0
-            for x in xs:
-                out.append(TensorList(g[i:i + len(x)]))
-                i += len(x)
-            return tuple(out)
+            return _per_list(g, xs)
     return tuple(norm(x) for x in xs)
 
 
 def rmss(*xs):
     "`rms` of several tensors or TensorLists at once (one reduction for lists of DTensors)."
     if all(type(x) is ShardList for x in xs):     # one reduction, the division on the stack
-        g = shard_norms([t for x in xs for t in x], [s for x in xs for s in x.specs],
-                        [math.sqrt(k) for x in xs for k in x.numel()])
-        return tuple(TensorList(g[i - len(x):i])
-                     for x, i in zip(xs, itertools.accumulate(map(len, xs))))
+        return _per_list(shard_norms(*_joined(xs), [math.sqrt(k) for x in xs for k in x.numel()]),
+                         xs)
     if len(xs) > 1 and all(type(x) is TensorList and x and is_dtensor(x[0]) for x in xs):
         return tuple(TensorList(torch._foreach_div(n, [math.sqrt(k) for k in x.numel()]))
                      for n, x in zip(norms(*xs), xs))
     return tuple(rms(x) for x in xs)
+
+
+def _joined(xs):
+    "The tensors of the lists `xs` in one list, and (ShardLists) their specs likewise."
+    return ([t for x in xs for t in x],
+            [s for x in xs for s in x.specs] if type(xs[0]) is ShardList else None)
+
+
+def _per_list(values, xs):
+    "One result per tensor of the lists `xs`, split back into a TensorList per list."
+    return tuple(TensorList(values[i - len(x):i])
+                 for x, i in zip(xs, itertools.accumulate(map(len, xs))))
 
 
 def rms(x):
