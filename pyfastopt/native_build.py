@@ -341,10 +341,33 @@ def _build(cc, src_text, workdir, timeout):
     return out
 
 
+@contextlib.contextmanager
+def _folder_lock(folder, exclusive):
+    """An advisory lock on the cache folder itself (no lock file): publishers hold it exclusive,
+    loaders shared, so that a library and its digest are only ever seen as a pair (two processes
+    publishing at once could otherwise leave one's library beside the other's digest)."""
+    try:
+        import fcntl
+    except ImportError:                  # no flock: the digest check still refuses a mismatch
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:                      # no folder: the caller meets that itself
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)                     # releases the lock
+
+
 def _publish(built, out, digest):
-    "Move a built library to `out`, then its digest beside it; each step an atomic rename."
-    os.replace(built, out)
-    _write_atomic(out + ".sha256", f"{digest}  {os.path.basename(out)}\n")
+    "Move a built library to `out`, then its digest beside it; each an atomic rename, together."
+    with _folder_lock(os.path.dirname(out), exclusive=True):
+        os.replace(built, out)
+        _write_atomic(out + ".sha256", f"{digest}  {os.path.basename(out)}\n")
 
 
 def _compile(cc, src_text, out, timeout=DEFAULT_COMPILE_TIMEOUT):
@@ -393,6 +416,11 @@ def _run_declare(lib, declare, path):
 def _load_cached(path, declare):
     """The verified cached library, or None where there is none (raises _Unusable with the
     reason where there is one that must not be loaded)."""
+    with _folder_lock(os.path.dirname(path), exclusive=False):
+        return _load_cached_pair(path, declare)
+
+
+def _load_cached_pair(path, declare):
     try:
         fd = _open_trusted(path)
     except FileNotFoundError:
